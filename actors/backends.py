@@ -1,0 +1,23 @@
+"""Pick the generator class for a model spec. Every backend answers the same
+`generate(tasks, call_id) -> list[GeneratedImage]`, plus `cancel(call_id, code, reason)`."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from models.registry import ModelSpec
+
+
+def make_backend(spec: ModelSpec, cache_root: Path, replica: str):
+    if spec.backend == "diffusers":
+        from actors.diffusers_generator import DiffusersGenerator
+
+        return DiffusersGenerator(spec, cache_root, replica)
+    if spec.backend == "imagen":
+        from actors.google_generator import GoogleImageGenerator
+
+        return GoogleImageGenerator(spec, replica)
+    module_name, _, attr = (spec.factory or "").partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory(spec, cache_root, replica)

@@ -1,0 +1,167 @@
+"""A diffusers text-to-image pipeline, loaded once and kept resident. No Ray in here.
+
+The Ray actor (`actors.model_actor`) constructs this after Ray has set
+CUDA_VISIBLE_DEVICES, so `cuda` below is the card Ray assigned.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from pathlib import Path
+
+from cluster.errors import ImageGenError
+from cluster.png import encode_png
+from cluster.work import GeneratedImage, ImageTask
+from models.registry import ModelSpec
+
+GIB = 1024**3
+
+
+class GenerationCancelled(ImageGenError):
+    pass
+
+
+class DiffusersGenerator:
+    def __init__(self, spec: ModelSpec, cache_root: Path, replica: str = ""):
+        import torch
+        import diffusers
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+
+        self.spec = spec
+        self.replica = replica
+        self._torch = torch
+        self._lock = threading.Lock()
+        self._cancelled: dict[str, str] = {}
+        started = time.perf_counter()
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # bf16 on CPU is slow and some ops lack kernels; CPU runs are for tests and demos.
+        self.dtype = getattr(torch, spec.dtype) if self.device == "cuda" else torch.float32
+        if self.device == "cuda":
+            self._check_free_memory()
+            torch.cuda.reset_peak_memory_stats()
+
+        pipeline_cls = getattr(diffusers, spec.pipeline, None)
+        if pipeline_cls is None:
+            raise ImageGenError("IMG_018", f"model {spec.id!r}: diffusers has no pipeline class {spec.pipeline!r}.")
+        location = self._weights_location(cache_root)
+        kwargs = {"torch_dtype": self.dtype}
+        if spec.variant:
+            kwargs["variant"] = spec.variant
+        try:
+            self.pipe = pipeline_cls.from_pretrained(location, local_files_only=True, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ImageGenError(
+                "IMG_002", f"model {spec.id!r}: loading {location} failed: {' '.join(str(exc).split())[:400]}"
+            ) from None
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self._supports_callback = "callback_on_step_end" in inspect.signature(self.pipe.__call__).parameters
+        self.load_seconds = time.perf_counter() - started
+
+    def _check_free_memory(self) -> None:
+        free, total = self._torch.cuda.mem_get_info()
+        need = self.spec.gpu_memory_gb * GIB
+        if free < need:
+            raise ImageGenError(
+                "IMG_010",
+                f"model {self.spec.id!r} needs {self.spec.gpu_memory_gb:g} GiB of GPU memory, but the card Ray "
+                f"assigned has {free / GIB:.1f} of {total / GIB:.1f} GiB free; free the card or lower the load.",
+            )
+
+    def _weights_location(self, cache_root: Path) -> str:
+        kind, value = self.spec.source_kind()
+        if kind == "builtin":
+            from models.tiny import tiny_pipeline_dir
+
+            return str(tiny_pipeline_dir(value, cache_root))
+        if kind == "local":
+            return value
+        from models.availability import hub_snapshot
+
+        snapshot = hub_snapshot(value, self.spec.revision)
+        if snapshot is None:
+            raise ImageGenError(
+                "IMG_002",
+                f"model {self.spec.id!r}: {value} is not in this node's Hugging Face cache; "
+                f"run `{self.spec.fetch_command()}` on every GPU node.",
+            )
+        return str(snapshot)
+
+    @property
+    def peak_gpu_memory_bytes(self) -> int | None:
+        if self.device != "cuda":
+            return None
+        return int(self._torch.cuda.max_memory_allocated())
+
+    def cancel(self, call_id: str, code: str = "IMG_003", reason: str = "cancelled") -> None:
+        """Ask a running call to stop at its next denoising step (called from another thread)."""
+        self._cancelled[call_id] = f"{code}|{reason}"
+
+    def generate(self, tasks: list[ImageTask], call_id: str = "") -> list[GeneratedImage]:
+        """One pipeline call for the whole batch; one CPU generator per image, so image i
+        depends only on its own seed (a batch gives the same pixels as single calls)."""
+        torch = self._torch
+        first = tasks[0]
+        if any((t.width, t.height, t.steps, t.guidance) != (first.width, first.height, first.steps, first.guidance)
+               for t in tasks):
+            raise ValueError("a batch must share size, steps and guidance")
+        kwargs = dict(self.spec.call_args)
+        kwargs.update(
+            prompt=[t.prompt for t in tasks],
+            height=first.height,
+            width=first.width,
+            generator=[torch.Generator("cpu").manual_seed(t.seed) for t in tasks],
+            output_type="np",
+        )
+        if first.steps is not None:
+            kwargs["num_inference_steps"] = first.steps
+        if first.guidance is not None:
+            kwargs["guidance_scale"] = first.guidance
+        if self._supports_callback:
+            kwargs["callback_on_step_end"] = self._step_callback(call_id)
+
+        with self._lock:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                output = self.pipe(**kwargs)
+            elapsed = time.perf_counter() - started
+        self._cancelled.pop(call_id, None)
+        return [self._to_result(task, array, elapsed / len(tasks)) for task, array in zip(tasks, output.images)]
+
+    def _step_callback(self, call_id: str):
+        def on_step_end(pipe, step, timestep, callback_kwargs):
+            reason = self._cancelled.pop(call_id, None)
+            if reason is not None:
+                code, _, message = reason.partition("|")
+                raise GenerationCancelled(code, f"{self.spec.id}: {message} at step {step}")
+            return callback_kwargs
+
+        return on_step_end
+
+    def _to_result(self, task: ImageTask, array, seconds: float) -> GeneratedImage:
+        import numpy as np
+        from PIL import Image
+
+        finite = np.isfinite(array)
+        nonfinite = float(1.0 - finite.mean())
+        pixels = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+        image = Image.fromarray((pixels * 255).round().astype("uint8"))
+        return GeneratedImage(
+            task=task,
+            png=encode_png(image, task, self.spec.source),
+            seconds=seconds,
+            replica=self.replica,
+            width=image.width,
+            height=image.height,
+            weights=self.spec.weights,
+            nonfinite_fraction=nonfinite,
+        )

@@ -1,0 +1,129 @@
+"""`multi-image`: the command line. The one place an `ImageGenError` becomes a line on stderr.
+
+Flags of `generate` are named exactly as the Action's inputs. Every value is taken as a
+string and validated by `cluster.request`, so the command line, the Action and batch
+manifests share one set of rules and messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from cluster.errors import ImageGenError
+
+REQUEST_FLAGS = (
+    ("--image-prompt", "The image generation prompt (required)."),
+    ("--folder-name", "Folder for the images and metadata; relative or absolute, no '..' (required)."),
+    ("--image-count", "Images per listed model, or in all with auto: 1-10 (default 1)."),
+    ("--models", "Comma-separated model ids, or auto (default auto)."),
+    ("--generation-strategy", "smart, sequential or parallel (default smart)."),
+    ("--enable-comparison", "true or false: same seeds for every model, side by side (default false)."),
+    ("--quality-threshold", "Minimum quality score, 0.0-1.0 (default 0.7)."),
+    ("--max-parallel", "Most generation calls in flight at once, >= 1 (default 3)."),
+    ("--seed", "Base seed; image k uses seed + k (default: random, recorded)."),
+    ("--width", "Image width in pixels, a multiple of 16 (default: the model's)."),
+    ("--height", "Image height in pixels, a multiple of 16 (default: the model's)."),
+    ("--steps", "Denoising steps (default: the model's)."),
+    ("--address", "Ray cluster to join (host:port or auto); default: start an embedded Ray instance."),
+    ("--config", "Another models.yaml (default: configs/models.yaml)."),
+)
+LIMIT_FLAGS = (
+    ("--timeout-per-image", "timeout_per_image", "Seconds a generation call may run (default 300)."),
+    ("--total-timeout", "total_workflow_timeout", "Seconds the whole run may take (default 1800)."),
+    ("--disk-space-limit", "disk_space_limit", "Most bytes the run may write, e.g. 10GB."),
+    ("--memory-limit-per-image", "memory_limit_per_image", "Host memory reserved per image, e.g. 2GB."),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors, as one IMG line
+        raise ImageGenError("IMG_011", f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="multi-image", description="Multi-image generation on a Ray cluster of local GPUs and Imagen.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="Generate images for one prompt.",
+                         description="Generate images for one prompt into the design card's folder layout.")
+    for flag, help_text in REQUEST_FLAGS:
+        gen.add_argument(flag, default=None, metavar="VALUE", help=help_text)
+    gen.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml (default: configs/limits.yaml).")
+    for flag, _, help_text in LIMIT_FLAGS:
+        gen.add_argument(flag, default=None, metavar="VALUE", help=help_text)
+    gen.add_argument("--debug", action="store_true", help="Show Ray's logs and tracebacks.")
+    gen.set_defaults(handler=_generate)
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from cluster.events import Events, plain_lines
+    from cluster.limits import load_limits
+    from cluster.request import parse_request
+    from cluster.run import run_generation
+    from models.registry import load_registry
+
+    registry = load_registry(args.config)
+    limits = load_limits(args.limits).with_overrides(
+        {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, key, _ in LIMIT_FLAGS}
+    )
+    raw = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
+           for flag, _ in REQUEST_FLAGS}
+    raw["config"] = None  # already used to load the registry
+    if raw["max_parallel"] is None:
+        raw["max_parallel"] = str(limits.perf.max_concurrent_generations)
+    raw["debug"] = "true" if args.debug else None
+    request = parse_request(raw, registry)
+
+    result = run_generation(request, registry, limits, events=Events(plain_lines()))
+    _print_summary(result)
+    if result.outcome.error is not None and (not result.outcome.completed or result.aborted):
+        print(f"error {result.outcome.error.code}: {result.outcome.error.message}", file=sys.stderr)
+    return result.exit_code
+
+
+def _print_summary(result) -> None:
+    outcome = result.outcome
+    outputs = result.outputs
+    made, planned = len(outcome.images), outcome.planned_total
+    print(f"{outcome.status}: {made}/{planned} images in {outcome.total_seconds:.1f}s -> {outcome.folder_display}")
+    primary = outcome.primary_image
+    if primary is not None:
+        print(f"primary: images/generated-image.png ({primary.model}, seed {primary.image.task.seed}, "
+              f"quality {primary.quality.overall:.3f})")
+    for failure in outcome.failures:
+        print(f"failed: planned image {failure.task.index} on {failure.task.model}: {failure.code} {failure.message}")
+    print(f"report: {outputs['generation-report']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        return args.handler(args)
+    except ImageGenError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("error IMG_021: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug must still end in one line, not a traceback
+        if debug:
+            traceback.print_exc()
+        print(f"error IMG_020: unexpected failure: {' '.join(str(exc).split())[:300]} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

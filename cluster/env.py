@@ -1,0 +1,73 @@
+"""Every environment variable the project reads, read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where tiny models, the run history and other per-user state live."""
+    explicit = os.environ.get("KAMUI_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kamui-multi-image"
+
+
+def github_output_path() -> Path | None:
+    value = os.environ.get("GITHUB_OUTPUT")
+    return Path(value) if value else None
+
+
+def ray_address() -> str | None:
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class GoogleCredentials:
+    """What google-genai needs, gathered once. `api_key` must never be logged."""
+
+    api_key: str | None
+    project: str | None
+    location: str
+    application_credentials: str | None
+    base_url: str | None
+
+    @property
+    def adc_file(self) -> Path | None:
+        """The Application Default Credentials file, when one is present."""
+        if self.application_credentials:
+            path = Path(self.application_credentials).expanduser()
+            return path if path.is_file() else None
+        default = Path.home() / ".config" / "gcloud" / "application_default_credentials.json"
+        return default if default.is_file() else None
+
+    @property
+    def present(self) -> bool:
+        return bool(self.api_key) or (bool(self.project) and self.adc_file is not None)
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key replaced, for anything that may be shown or stored."""
+        if self.api_key and self.api_key in text:
+            text = text.replace(self.api_key, "***")
+        return text
+
+
+def google_credentials() -> GoogleCredentials:
+    return GoogleCredentials(
+        api_key=os.environ.get("GOOGLE_API_KEY") or None,
+        project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None,
+        location=os.environ.get("GOOGLE_CLOUD_LOCATION") or "us-central1",
+        application_credentials=os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None,
+        base_url=os.environ.get("GOOGLE_VERTEX_BASE_URL") or None,
+    )
+
+
+def storage_emulator_host() -> str | None:
+    return os.environ.get("STORAGE_EMULATOR_HOST") or None

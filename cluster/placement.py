@@ -1,0 +1,152 @@
+"""Where model replicas go: placement-group bundles built from model specs.
+
+Every GPU node advertises, besides Ray's `GPU`, the custom resource `gpu_memory_gb`
+(the sum over its cards; `multi-image` sets it for the nodes it starts, `ray start
+--resources` for others). A replica's bundle asks for its GPUs and its GPU memory, so
+Ray never packs more weights onto a node than its cards hold.
+
+Ray accounts fractional GPUs per card. A model that shares a card asks for the share of
+the *smallest* card in the cluster its memory takes (never less than its spec's
+`gpus`), so two models that would not fit one card together never land on it.
+
+Decisions about feasibility are taken here, against the cluster's totals, before any
+placement group exists: a model that fits nowhere fails at once with IMG_010 instead of
+leaving Ray waiting forever for resources.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from cluster.errors import ImageGenError
+from models.registry import ModelSpec
+
+GPU_MEMORY_RESOURCE = "gpu_memory_gb"
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    node_id: str
+    address: str
+    cpus: float
+    gpus: float
+    gpu_memory_gb: float
+    memory_bytes: float
+
+    @property
+    def card_gb(self) -> float | None:
+        """Memory of one card (cards of a node are assumed alike), None when not advertised."""
+        if self.gpus <= 0 or self.gpu_memory_gb <= 0:
+            return None
+        return self.gpu_memory_gb / self.gpus
+
+
+def cluster_nodes() -> list[NodeCapacity]:
+    import ray
+
+    nodes = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        nodes.append(NodeCapacity(
+            node_id=node["NodeID"],
+            address=node.get("NodeManagerAddress", ""),
+            cpus=float(res.get("CPU", 0)),
+            gpus=float(res.get("GPU", 0)),
+            gpu_memory_gb=float(res.get(GPU_MEMORY_RESOURCE, 0)),
+            memory_bytes=float(res.get("memory", 0)),
+        ))
+    return nodes
+
+
+def describe(nodes: list[NodeCapacity]) -> str:
+    if not nodes:
+        return "no live nodes"
+    parts = []
+    for n in nodes:
+        gpu = f"{n.gpus:g} GPU" + (f" x {n.card_gb:g} GB" if n.card_gb else "") if n.gpus else "no GPU"
+        parts.append(f"{n.address or n.node_id[:8]}: {n.cpus:g} CPU, {gpu}")
+    return "; ".join(parts)
+
+
+def uses_gpus(nodes: list[NodeCapacity]) -> bool:
+    return any(n.gpus > 0 for n in nodes)
+
+
+def smallest_card_gb(nodes: list[NodeCapacity]) -> float | None:
+    cards = [n.card_gb for n in nodes if n.card_gb]
+    return min(cards) if cards else None
+
+
+def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int = 0) -> dict[str, float]:
+    """The resources one replica of `spec` holds. Remote-API models need no accelerator."""
+    bundle: dict[str, float] = {"CPU": spec.cpus}
+    if memory_bytes:
+        bundle["memory"] = float(memory_bytes)
+    if not spec.is_local or not uses_gpus(nodes):
+        return bundle
+    gpus = spec.gpus
+    card = smallest_card_gb(nodes)
+    if gpus < 1 and card:
+        gpus = min(1.0, max(gpus, spec.gpu_memory_gb / card))
+    bundle["GPU"] = round(gpus, 4)
+    if card is not None and spec.gpu_memory_gb > 0:
+        bundle[GPU_MEMORY_RESOURCE] = spec.gpu_memory_gb
+    return bundle
+
+
+def node_fits(bundle: dict[str, float], node: NodeCapacity, spec: ModelSpec) -> bool:
+    if bundle.get("CPU", 0) > node.cpus or bundle.get("GPU", 0) > node.gpus:
+        return False
+    if bundle.get("memory", 0) > node.memory_bytes:
+        return False
+    if GPU_MEMORY_RESOURCE in bundle:
+        if bundle[GPU_MEMORY_RESOURCE] > node.gpu_memory_gb:
+            return False
+        # the weights of one replica are split over its cards at best: each card holds its share
+        per_card = spec.gpu_memory_gb / max(1.0, math.ceil(bundle.get("GPU", 1)))
+        if node.card_gb is not None and per_card > node.card_gb:
+            return False
+    return True
+
+
+def check_placeable(spec: ModelSpec, bundle: dict[str, float], nodes: list[NodeCapacity]) -> list[NodeCapacity]:
+    """Nodes that could ever hold one replica; IMG_010 naming need and supply when none can."""
+    fitting = [n for n in nodes if node_fits(bundle, n, spec)]
+    if not fitting:
+        need = ", ".join(f"{k}={v:g}" for k, v in bundle.items() if k != "memory")
+        if "memory" in bundle:
+            need += f", memory={bundle['memory'] / 1024**3:.1f}GiB"
+        raise ImageGenError(
+            "IMG_010",
+            f"model {spec.id!r} needs {need} on one node, and no node has that (cluster: {describe(nodes)}). "
+            "Add a larger GPU node (`ray start --address=... --num-gpus=N "
+            "--resources='{\"gpu_memory_gb\": TOTAL}'`), or pick a smaller model; `ray status` shows the resources.",
+        )
+    return fitting
+
+
+def replica_count(
+    spec: ModelSpec, images: int, batch_size: int, max_parallel: int, bundle: dict[str, float], nodes: list[NodeCapacity]
+) -> int:
+    """How many replicas of a model: enough for its calls, within --max-parallel and the free GPUs.
+
+    Remote models get one actor (it takes `concurrent_limit` calls at once). CPU-only clusters get
+    one replica per model: more would only fight over the same cores.
+    """
+    calls = math.ceil(images / max(1, batch_size))
+    if not spec.is_local or calls <= 1:
+        return 1
+    if not uses_gpus(nodes):
+        return 1
+    capacity = 0
+    for node in nodes:
+        if not node_fits(bundle, node, spec):
+            continue
+        per_gpu = node.gpus / bundle["GPU"] if bundle.get("GPU") else math.inf
+        per_mem = (node.gpu_memory_gb / bundle[GPU_MEMORY_RESOURCE]) if bundle.get(GPU_MEMORY_RESOURCE) else math.inf
+        capacity += int(min(per_gpu, per_mem, node.cpus / bundle["CPU"]))
+    limit = spec.rate_limit.concurrent_limit or calls
+    return max(1, min(calls, max_parallel, capacity, limit))

@@ -1,0 +1,266 @@
+"""Model replicas: placement groups, actors, their loading and their end.
+
+One placement group per model, one bundle per replica, strategy PACK: replicas share
+a node when it has room and spread only when it does not. Loading is asynchronous:
+the scheduler waits on `load_ref`s beside generation calls, so a model that is ready
+starts generating while a bigger one is still loading.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster import env
+from cluster.errors import ImageGenError, as_image_error
+from cluster.events import Events
+from cluster.limits import Limits
+from cluster.placement import (
+    GPU_MEMORY_RESOURCE,
+    NodeCapacity,
+    check_placeable,
+    cluster_nodes,
+    describe,
+    replica_bundle,
+    replica_count,
+    smallest_card_gb,
+)
+from cluster.work import ReplicaInfo
+from models.registry import ModelSpec
+
+
+@dataclass
+class Replica:
+    name: str
+    model: str
+    actor: Any
+    concurrency: int
+    load_ref: Any = None
+    loaded: bool = False
+    dead: bool = False
+    info: ReplicaInfo | None = None
+    in_flight: int = 0
+    calls: int = 0
+    busy_seconds: float = 0.0
+    restarts: int = 0
+    load_started: float = field(default_factory=time.monotonic)
+
+    @property
+    def free(self) -> bool:
+        return self.loaded and not self.dead and self.in_flight < self.concurrency
+
+
+@dataclass
+class ModelGroup:
+    spec: ModelSpec
+    replicas: list[Replica]
+    batch_size: int
+    placement_group: Any = None
+    error: ImageGenError | None = None  # set when no replica can ever serve this model
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and any(not r.dead for r in self.replicas)
+
+    @property
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.free]
+
+
+class ReplicaPool:
+    def __init__(self, limits: Limits, max_parallel: int, events: Events | None = None, run_id: str | None = None):
+        self.limits = limits
+        self.max_parallel = max_parallel
+        self.events = events or Events()
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.groups: dict[str, ModelGroup] = {}
+        self._nodes: list[NodeCapacity] | None = None
+
+    @property
+    def nodes(self) -> list[NodeCapacity]:
+        if self._nodes is None:
+            self._nodes = cluster_nodes()
+        return self._nodes
+
+    def batch_size(self, spec: ModelSpec) -> int:
+        return spec.batch_size_for(smallest_card_gb(self.nodes) if spec.is_local else None)
+
+    def ensure(self, spec: ModelSpec, images: int) -> ModelGroup:
+        """The model's replicas, created (and loading) on first use."""
+        if spec.id in self.groups:
+            return self.groups[spec.id]
+        batch = self.batch_size(spec)
+        memory = self.limits.perf.memory_limit_per_image * batch if spec.is_local else 0
+        bundle = replica_bundle(spec, self.nodes, memory)
+        try:
+            check_placeable(spec, bundle, self.nodes)
+        except ImageGenError as exc:
+            group = ModelGroup(spec, [], batch, error=exc)
+            self.groups[spec.id] = group
+            self.events.emit("model_unplaceable", model=spec.id, code=exc.code, message=exc.message)
+            return group
+        count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes)
+        group = self._place(spec, bundle, count, batch)
+        self.groups[spec.id] = group
+        return group
+
+    def _place(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int) -> ModelGroup:
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        timeout = self.limits.scheduler.placement_timeout
+        while True:
+            pg = placement_group([dict(bundle) for _ in range(count)], strategy="PACK",
+                                 name=f"kamui-{self.run_id}-{spec.id}")
+            if pg.wait(timeout_seconds=timeout if count == 1 else min(timeout, 10.0)):
+                break
+            remove_placement_group(pg)
+            if count == 1:
+                error = ImageGenError(
+                    "IMG_010",
+                    f"model {spec.id!r}: the cluster could hold {_fmt(bundle)} but none of it came free within "
+                    f"{timeout:g}s (other runs or resident models hold it; cluster: {describe(self.nodes)}). "
+                    "See `ray status`, or raise scheduler.placement_timeout.",
+                )
+                self.events.emit("model_unplaceable", model=spec.id, code=error.code, message=error.message)
+                return ModelGroup(spec, [], batch, error=error)
+            count = max(1, count // 2)  # resources are busy: fewer replicas beat none
+        replicas = [self._start_replica(spec, bundle, pg, i) for i in range(count)]
+        self.events.emit("model_loading", model=spec.id, replicas=count, batch_size=batch)
+        return ModelGroup(spec, replicas, batch, placement_group=pg)
+
+    def _start_replica(self, spec: ModelSpec, bundle: dict[str, float], pg, index: int) -> Replica:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from actors.model_actor import ModelActor
+
+        concurrency = 1 if spec.is_local else (spec.rate_limit.concurrent_limit or self.max_parallel)
+        options: dict[str, Any] = {
+            "num_cpus": bundle["CPU"],
+            "num_gpus": bundle.get("GPU", 0),
+            # one extra thread so cancel()/info() get through while a call runs
+            "max_concurrency": concurrency + 1,
+            "max_restarts": self.limits.scheduler.actor_max_restarts,
+            "max_task_retries": 0,  # the scheduler retries, so every attempt is recorded
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=index
+            ),
+        }
+        if GPU_MEMORY_RESOURCE in bundle:
+            options["resources"] = {GPU_MEMORY_RESOURCE: bundle[GPU_MEMORY_RESOURCE]}
+        if bundle.get("memory"):
+            options["memory"] = bundle["memory"]
+        name = f"{spec.id}-{index}"
+        actor = ModelActor.options(**options).remote(spec, name, str(env.cache_dir()))
+        return Replica(name=name, model=spec.id, actor=actor, concurrency=concurrency, load_ref=actor.load.remote())
+
+    # --- loading -------------------------------------------------------------------------
+
+    def loading_refs(self) -> dict[Any, Replica]:
+        return {r.load_ref: r for g in self.groups.values() for r in g.replicas if r.load_ref is not None}
+
+    def on_loaded(self, replica: Replica) -> None:
+        """Called by the scheduler when `replica.load_ref` is ready."""
+        import ray
+
+        ref, replica.load_ref = replica.load_ref, None
+        try:
+            replica.info = ray.get(ref)
+            replica.loaded = True
+            self.events.emit("model_loaded", model=replica.model, replica=replica.name,
+                             seconds=round(replica.info.load_seconds, 2), device=replica.info.device)
+        except Exception as exc:  # noqa: BLE001 - any load failure ends this replica
+            replica.dead = True
+            error = as_image_error(exc) or ImageGenError(
+                "IMG_020", f"model {replica.model!r} replica {replica.name} failed to load: {_one_line(exc)}"
+            )
+            group = self.groups[replica.model]
+            if not group.usable:
+                group.error = error
+            self.events.emit("model_load_failed", model=replica.model, replica=replica.name,
+                             code=error.code, message=error.message)
+
+    def expire_loads(self, now: float) -> None:
+        for group in self.groups.values():
+            for replica in group.replicas:
+                if replica.load_ref is not None and now - replica.load_started > self.limits.scheduler.model_load_timeout:
+                    replica.load_ref = None
+                    replica.dead = True
+                    self._kill(replica)
+                    if not group.usable:
+                        group.error = ImageGenError(
+                            "IMG_010", f"model {group.spec.id!r} did not load within "
+                            f"{self.limits.scheduler.model_load_timeout:g}s (scheduler.model_load_timeout).",
+                        )
+
+    # --- recovery ---------------------------------------------------------------------
+
+    def restart(self, replica: Replica) -> None:
+        """Kill a stuck replica; Ray restarts it (max_restarts) and it reloads on its next call."""
+        import ray
+
+        try:
+            ray.kill(replica.actor, no_restart=False)
+        except Exception:  # already gone
+            pass
+        self.on_died(replica)
+
+    def on_died(self, replica: Replica) -> None:
+        """The replica's process is gone; Ray restarts it while restarts remain."""
+        replica.restarts += 1
+        if replica.restarts > self.limits.scheduler.actor_max_restarts:
+            replica.dead = True
+            group = self.groups[replica.model]
+            if not group.usable:
+                group.error = ImageGenError("IMG_020", f"every replica of {replica.model!r} died too often.")
+        self.events.emit("replica_restarted", model=replica.model, replica=replica.name, restarts=replica.restarts)
+
+    # --- the end ------------------------------------------------------------------------
+
+    def collect_infos(self) -> dict[str, list[ReplicaInfo]]:
+        import ray
+
+        infos: dict[str, list[ReplicaInfo]] = {}
+        for model, group in self.groups.items():
+            for replica in group.replicas:
+                info = replica.info
+                if replica.loaded and not replica.dead:
+                    try:
+                        info = ray.get(replica.actor.info.remote(), timeout=10)
+                    except Exception:  # noqa: BLE001 - keep the load-time info
+                        pass
+                if info is not None:
+                    info.restarts = max(info.restarts, replica.restarts)
+                    infos.setdefault(model, []).append(info)
+        return infos
+
+    def release(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for group in self.groups.values():
+            for replica in group.replicas:
+                self._kill(replica, restart=False)
+            if group.placement_group is not None:
+                try:
+                    remove_placement_group(group.placement_group)
+                except Exception:  # noqa: BLE001 - the cluster may be going away too
+                    pass
+        self.groups.clear()
+
+    def _kill(self, replica: Replica, restart: bool = False) -> None:
+        import ray
+
+        try:
+            ray.kill(replica.actor, no_restart=not restart)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _fmt(bundle: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in bundle.items() if k != "memory")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+

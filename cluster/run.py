@@ -1,0 +1,221 @@
+"""One run, end to end, in one direction:
+
+request -> preflight -> plan -> replicas + scheduler -> scoring -> primary -> writer -> outputs
+
+Errors found before generation (bad input, missing weights or credentials, no disk)
+raise and write nothing. Errors during generation end in a written report that says
+what happened; the exit status is 0 when at least one image was made.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from cluster import env
+from cluster.errors import ImageGenError
+from cluster.events import Events
+from cluster.github_output import append_outputs
+from cluster.limits import Limits
+from cluster.planner import Plan, make_plan, retarget
+from cluster.preflight import check_disk_space, check_folder_owned, clean_stale_staging, estimate_bytes
+from cluster.ray_runtime import RayRuntime
+from cluster.replicas import ReplicaPool
+from cluster.report import FinalImage, RunOutcome
+from cluster.retry import ABORT_CODES, RetryPolicy
+from cluster.scheduler import ScheduleResult, Scheduler
+from cluster.scoring import Scorer, WeightFreeScorer
+from cluster.strategies import SequentialSource, StaticSource
+from cluster.request import GenerationRequest
+from cluster.work import GeneratedImage
+from cluster.writer import WrittenRun, display_path, file_url, primary_url_of, write_run
+from models import availability
+from models.registry import ModelSpec, Registry
+
+
+@dataclass
+class RunResult:
+    outcome: RunOutcome
+    written: WrittenRun
+    outputs: dict[str, str]
+    events: Events = field(default_factory=Events)
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome.stopped == "interrupted":
+            return 130
+        if not self.outcome.completed or self.aborted:
+            return 1
+        return 0
+
+    @property
+    def aborted(self) -> bool:
+        """The run was stopped by an error the design card says fails the workflow (auth, disk)."""
+        return self.outcome.error is not None and self.outcome.error.code in ABORT_CODES
+
+
+def run_generation(
+    request: GenerationRequest,
+    registry: Registry,
+    limits: Limits,
+    *,
+    events: Events | None = None,
+    stop: threading.Event | None = None,
+    scorer: Scorer | None = None,
+    base_seed: int | None = None,
+) -> RunResult:
+    events = events or Events()
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    # --- preflight: nothing is written if any of this fails ---
+    check_folder_owned(request.folder_name)
+    clean_stale_staging(request.folder_name)
+    plan = make_plan(request, registry, base_seed=base_seed)
+    check_disk_space(
+        request.folder_name,
+        estimate_bytes([t.width * t.height for t in plan.tasks]),
+        limits.perf.disk_space_limit,
+    )
+    events.emit("run_started", images=plan.total, models=",".join(plan.models), strategy=plan.strategy)
+
+    scorer = scorer or WeightFreeScorer()
+
+    def score_one(image: GeneratedImage) -> float:
+        return scorer.score([image])[0].overall
+
+    schedule = ScheduleResult()
+    replicas: dict = {}
+    cluster_info: dict = {}
+    error: ImageGenError | None = None
+    try:
+        with RayRuntime(request.address, request.debug) as runtime:
+            cluster_info = {"address": request.address or "embedded", "embedded": runtime.embedded}
+            fallback_specs = _fallback_specs(plan, registry)
+            specs = {**{s.id: s for s in fallback_specs}, **plan.specs}
+            pool = ReplicaPool(limits, request.max_parallel, events)
+            try:
+                scheduler = Scheduler(
+                    pool, specs, limits, request.max_parallel,
+                    RetryPolicy(limits.scheduler, [s.id for s in fallback_specs]),
+                    events,
+                    score=score_one,
+                    resolve_fallback=lambda task, model: retarget(task, registry.get(model), request),
+                    stop=stop,
+                    planned=_planned_counts(plan),
+                )
+                source = SequentialSource(plan.tasks) if plan.strategy == "sequential" else StaticSource(plan.tasks)
+                schedule = scheduler.run(source)
+                replicas = pool.collect_infos()
+                cluster_info["nodes"] = len(pool.nodes)
+            finally:
+                pool.release()
+    except ImageGenError as exc:
+        error = exc
+    if error is None:
+        error = schedule.aborted
+    if error is None and not schedule.images and schedule.failures:
+        last = schedule.failures[-1]
+        error = ImageGenError(last.code, f"no image was made; last failure: {last.message}")
+
+    outcome = _outcome(request, plan, schedule, scorer, replicas, error, started, started_at, cluster_info)
+    events.emit("scored", images=len(outcome.images), primary=outcome.primary)
+    try:
+        written = write_run(outcome)
+    except OSError as exc:
+        raise ImageGenError("IMG_005", f"writing {request.folder_name} failed ({exc.strerror or exc}); "
+                                       "temporary files were removed.") from None
+    outputs = step_outputs(outcome, written)
+    github_output = env.github_output_path()
+    if github_output is not None:
+        append_outputs(github_output, outputs)
+    events.emit("run_finished", status=outcome.status, images=len(outcome.images),
+                failed=len(outcome.failures), seconds=round(outcome.total_seconds, 2))
+    return RunResult(outcome, written, outputs, events)
+
+
+def _planned_counts(plan: Plan) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task in plan.tasks:
+        counts[task.model] = counts.get(task.model, 0) + 1
+    return counts
+
+
+def _fallback_specs(plan: Plan, registry: Registry) -> list[ModelSpec]:
+    """Models a failed image may move to, fastest first: the plan's, then other available ones."""
+    candidates = list(plan.specs.values()) + [
+        s for s in registry if s.auto_select and s.id not in plan.specs and availability.check(s).ok
+    ]
+    return sorted(candidates, key=lambda s: (-s.speed, s.id not in plan.specs, s.id))
+
+
+def _outcome(request, plan, schedule: ScheduleResult, scorer: Scorer, replicas, error, started, started_at,
+             cluster_info) -> RunOutcome:
+    images = sorted(schedule.images, key=lambda i: i.task.index)
+    scores = scorer.score(images) if images else []
+    finals = [
+        FinalImage(position, image, score, image.remote_url or file_url(request.folder_name, position))
+        for position, (image, score) in enumerate(zip(images, scores))
+    ]
+    degradations = list(schedule.degradations)
+    relaxed = False
+    effective = request.quality_threshold
+    if finals:
+        for final in finals:
+            final.below_threshold = final.quality.overall < request.quality_threshold
+        if all(f.below_threshold for f in finals):
+            # Quality Relaxation (design card): keep the best we have and say so
+            relaxed = True
+            effective = max(f.quality.overall for f in finals)
+            degradations.append({
+                "strategy": "quality_relaxation", "trigger": "no image reached the quality threshold",
+                "threshold": request.quality_threshold, "relaxed_to": round(effective, 4), "code": "IMG_004",
+            })
+    primary = max(range(len(finals)), key=lambda i: (finals[i].quality.overall, -i)) if finals else None
+    costs: dict[str, float] = {}
+    for image in images:
+        spec = plan.specs.get(image.task.model)
+        if spec is not None:
+            costs[spec.id] = costs.get(spec.id, 0.0) + spec.cost_per_image_usd
+    return RunOutcome(
+        request=request,
+        plan_models=list(plan.models),
+        selection_reason=plan.selection_reason,
+        prompt_analysis=plan.analysis.as_dict(),
+        base_seed=plan.base_seed,
+        planned_total=plan.total,
+        images=finals,
+        failures=sorted(schedule.failures, key=lambda f: f.task.index),
+        primary=primary,
+        total_seconds=time.monotonic() - started,
+        started_at=started_at,
+        replicas=replicas,
+        degradations=degradations,
+        quality_relaxed=relaxed,
+        effective_threshold=round(effective, 4),
+        scorer=scorer.describe(),
+        error=error,
+        stopped=schedule.stopped,
+        cluster=cluster_info,
+        costs=costs,
+        folder_display=display_path(request.folder_name),
+    )
+
+
+def step_outputs(outcome: RunOutcome, written: WrittenRun) -> dict[str, str]:
+    primary = outcome.primary_image
+    return {
+        "image-completed": "true" if outcome.completed else "false",
+        "google-image-url": primary_url_of(outcome),
+        "used-model": primary.model if primary else "",
+        "images-completed": str(len(outcome.images)),
+        "image-urls": json.dumps(written.urls),
+        "models-used": json.dumps([f.model for f in outcome.images]),
+        "generation-report": display_path(written.report_path),
+        "quality-scores": json.dumps([round(f.quality.overall, 4) for f in outcome.images]),
+        "primary-image-index": str(outcome.primary if outcome.primary is not None else -1),
+    }
+

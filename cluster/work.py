@@ -1,0 +1,78 @@
+"""Typed, picklable units of work and their results, passed between the driver and actors.
+
+Plain dataclasses of bytes and numbers: no tensors, no PIL objects, nothing CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One image to make. `index` is its 0-based place in the output (file `generated-image-{index+1}.png`)."""
+
+    index: int
+    model: str
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int | None
+    guidance: float | None
+    prompt_variation: str = "original"
+
+    def with_model(self, model: str, steps: int | None, guidance: float | None, width: int, height: int) -> "ImageTask":
+        return replace(self, model=model, steps=steps, guidance=guidance, width=width, height=height)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at an image: which model and replica, how it ended, how long it took."""
+
+    model: str
+    replica: str
+    seconds: float
+    code: str | None = None  # None: the attempt made the image
+    message: str = ""
+
+
+@dataclass
+class GeneratedImage:
+    """A finished image: PNG bytes (with the task's text metadata already embedded)."""
+
+    task: ImageTask
+    png: bytes
+    seconds: float  # wall time of the call that made it, divided among its batch
+    replica: str
+    width: int
+    height: int
+    weights: str = "real"
+    nonfinite_fraction: float = 0.0  # share of NaN/inf values in the decoded pixels
+    attempts: list[Attempt] = field(default_factory=list)
+    remote_url: str | None = None
+
+
+@dataclass
+class FailedImage:
+    task: ImageTask
+    code: str
+    message: str
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass
+class ReplicaInfo:
+    """What a model replica reports about itself once loaded."""
+
+    model: str
+    replica: str
+    node_id: str
+    device: str
+    dtype: str
+    weights: str
+    load_seconds: float
+    peak_gpu_memory_bytes: int | None = None
+    gpu_ids: list[str] = field(default_factory=list)
+    warm: bool = False
+    restarts: int = 0

@@ -1,0 +1,148 @@
+"""The compatibility writer: the design card's folder layout, written atomically.
+
+Everything is written into a staging folder beside the target, fsynced, then swapped in
+with renames: the folder never holds a half-written image or report, and a rerun into
+the same folder replaces the previous result as a whole.
+
+{folder}/
+  images/generated-image.png        primary (byte-identical to its numbered copy)
+  images/generated-image-{1..N}.png
+  metadata/generation-report.json
+  metadata/quality-analysis.json
+  metadata/model-comparison.md
+  google-image-url.txt              primary URL
+  image-urls.json                   all URLs, in image order
+  gallery.html                      (when a gallery renderer is given)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.preflight import RETIRED_MARK, STAGING_MARK
+from cluster.report import RunOutcome, comparison_markdown, generation_report, quality_analysis
+
+PRIMARY_NAME = "generated-image.png"
+REPORT_REL = Path("metadata") / "generation-report.json"
+COMPARISON_REL = Path("metadata") / "model-comparison.md"
+
+
+@dataclass
+class WrittenRun:
+    folder: Path
+    report: dict
+    report_path: Path
+    comparison_path: Path
+    urls: list[str]
+    primary_url: str
+
+
+def display_path(path: Path, cwd: Path | None = None) -> str:
+    """`path` relative to the working directory when inside it (what a workflow step passes on)."""
+    cwd = cwd or Path.cwd()
+    try:
+        return str(path.relative_to(cwd))
+    except ValueError:
+        return str(path)
+
+
+def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | None = None) -> WrittenRun:
+    folder = outcome.request.folder_name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{STAGING_MARK}", dir=folder.parent))
+    try:
+        images_dir = staging / "images"
+        meta_dir = staging / "metadata"
+        images_dir.mkdir()
+        meta_dir.mkdir()
+
+        sizes: dict[int, int] = {}
+        for final in outcome.images:
+            _write_bytes(images_dir / final.filename, final.image.png)
+            sizes[final.position] = len(final.image.png)
+        primary = outcome.primary_image
+        if primary is not None:
+            _write_bytes(images_dir / PRIMARY_NAME, primary.image.png)
+
+        urls = [f.url for f in outcome.images]
+        primary_url = primary_url_of(outcome)
+        report_display = display_path(folder / REPORT_REL)
+        report = generation_report(outcome, sizes, report_display)
+        comparison = report["model_comparison"]
+        _write_text(meta_dir / "generation-report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        _write_text(meta_dir / "quality-analysis.json",
+                    json.dumps(quality_analysis(outcome), indent=2, ensure_ascii=False) + "\n")
+        _write_text(meta_dir / "model-comparison.md", comparison_markdown(outcome, comparison))
+        _write_text(staging / "google-image-url.txt", primary_url + ("\n" if primary_url else ""))
+        _write_text(staging / "image-urls.json", json.dumps(urls, indent=2) + "\n")
+        if gallery is not None:
+            _write_text(staging / "gallery.html", gallery(outcome, report))
+        _fsync_dir(images_dir)
+        _fsync_dir(meta_dir)
+        _fsync_dir(staging)
+        _swap_in(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return WrittenRun(folder, report, folder / REPORT_REL, folder / COMPARISON_REL, urls, primary_url)
+
+
+def primary_url_of(outcome: RunOutcome) -> str:
+    primary = outcome.primary_image
+    if primary is None:
+        return ""
+    if primary.url.startswith("file://"):
+        # the legacy file is images/generated-image.png; point at it, not at its numbered twin
+        return (outcome.request.folder_name / "images" / PRIMARY_NAME).as_uri()
+    return primary.url
+
+
+def file_url(folder: Path, position: int) -> str:
+    return (folder / "images" / f"generated-image-{position + 1}.png").as_uri()
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    retired = None
+    if folder.exists():
+        retired = folder.parent / f".{folder.name}{RETIRED_MARK}{os.getpid()}"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.rename(folder, retired)
+    try:
+        os.rename(staging, folder)
+    except BaseException:
+        if retired is not None and not folder.exists():
+            os.rename(retired, folder)  # put the previous result back
+        raise
+    _fsync_dir(folder.parent)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

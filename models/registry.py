@@ -1,0 +1,197 @@
+"""configs/models.yaml -> typed `ModelSpec`s, through one loader.
+
+Importable without torch: the driver validates requests and plans with these specs
+before any heavy import happens.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cluster.errors import ImageGenError
+
+DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "configs" / "models.yaml"
+BUILTIN_PREFIX = "builtin:"
+
+
+class RateLimit(BaseModel):
+    """Appendix B of the design card; `None` means unlimited."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests_per_minute: float | None = Field(None, gt=0, description="Request starts allowed per rolling minute.")
+    concurrent_limit: int | None = Field(None, ge=1, description="Calls to this model in flight at once, across replicas.")
+    queue_strategy: Literal["priority_based", "round_robin", "load_balanced"] = Field(
+        "round_robin", description="How this model's queued calls are ordered and spread (see cluster.scheduler)."
+    )
+
+
+class ModelSpec(BaseModel):
+    """One model the cluster can run: how to load it, what it needs, what it is good at."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="The name users pass to --models.")
+    backend: Literal["diffusers", "imagen", "custom"]
+    description: str = ""
+    factory: str | None = Field(
+        None, description="custom backend: 'module:callable' returning an object with generate(tasks, call_id)."
+    )
+
+    # diffusers backend
+    source: str | None = Field(None, description="HF repo id, local folder, or builtin:<name>.")
+    pipeline: str = Field("AutoPipelineForText2Image", description="diffusers pipeline class name.")
+    revision: str | None = None
+    variant: str | None = None
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="dtype on CUDA; CPU uses float32.")
+    call_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of the pipeline call.")
+    weights: Literal["real", "random"] = "real"
+
+    # imagen backend
+    api_style: Literal["predict", "generate_content"] | None = None
+    api_model: str | None = None
+
+    # generation defaults (the request may override steps and size)
+    steps: int | None = Field(None, ge=1)
+    guidance: float | None = Field(None, ge=0)
+    width: int = Field(1024, ge=8)
+    height: int = Field(1024, ge=8)
+
+    # resources
+    gpus: float = Field(1, ge=0, description="GPUs a replica needs when the cluster has GPUs.")
+    gpu_memory_gb: float = Field(0, ge=0, description="GPU memory the loaded weights take.")
+    gpu_memory_per_image_gb: float = Field(0, ge=0, description="Extra GPU memory per image of a batch.")
+    max_batch_size: int = Field(1, ge=1, description="Most images in one pipeline call or API request.")
+    cpus: float = Field(1, gt=0, description="Logical CPUs a replica holds.")
+
+    # selection (appendix A)
+    speed: int = Field(3, ge=1, le=5)
+    quality: int = Field(3, ge=1, le=5)
+    specialization: str = ""
+    strengths: tuple[str, ...] = ()
+    cost_per_image_usd: float = Field(0.0, ge=0)
+    auto_select: bool = Field(True, description="Whether `--models auto` may pick this model.")
+    fetch_hint: str | None = Field(None, description="Command that fetches the weights; derived for HF repos.")
+
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+
+    @model_validator(mode="after")
+    def _check_backend_fields(self) -> "ModelSpec":
+        if self.backend == "diffusers" and not self.source:
+            raise ValueError("a diffusers model needs `source`")
+        if self.backend == "imagen" and not (self.api_style and self.api_model):
+            raise ValueError("an imagen model needs `api_style` and `api_model`")
+        if self.backend == "custom" and (not self.factory or ":" not in self.factory):
+            raise ValueError("a custom model needs `factory: module:callable`")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """Runs on the cluster's own hardware (needs GPU placement), as opposed to a remote API."""
+        return self.backend != "imagen"
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights == "random"
+
+    def source_kind(self) -> tuple[Literal["builtin", "local", "hub"], str]:
+        """The one place a `source` string is parsed."""
+        return parse_source(self.source or "")
+
+    def fetch_command(self) -> str | None:
+        if self.fetch_hint:
+            return self.fetch_hint
+        kind, value = self.source_kind() if self.source else ("", "")
+        if kind == "hub":
+            return f"huggingface-cli download {value}"
+        return None
+
+    def batch_size_for(self, gpu_memory_free_gb: float | None) -> int:
+        """Images per pipeline call: the spec's cap, lowered to what the card's spare memory holds."""
+        if gpu_memory_free_gb is None or self.gpu_memory_per_image_gb <= 0:
+            return self.max_batch_size
+        spare = gpu_memory_free_gb - self.gpu_memory_gb
+        return max(1, min(self.max_batch_size, int(spare // self.gpu_memory_per_image_gb)))
+
+
+def parse_source(source: str) -> tuple[Literal["builtin", "local", "hub"], str]:
+    if source.startswith(BUILTIN_PREFIX):
+        return "builtin", source[len(BUILTIN_PREFIX):]
+    if source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists():
+        return "local", str(Path(source).expanduser())
+    return "hub", source
+
+
+class Registry:
+    """The models of one config file, by id, and the smart strategy's picks."""
+
+    def __init__(self, specs: dict[str, ModelSpec], path: Path, smart_selection: dict[str, tuple[str, ...]] | None = None):
+        self._specs = specs
+        self.path = path
+        self.smart_selection = smart_selection or {}
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self._specs
+
+    def __iter__(self):
+        return iter(self._specs.values())
+
+    def ids(self) -> list[str]:
+        return list(self._specs)
+
+    def get(self, model_id: str) -> ModelSpec:
+        try:
+            return self._specs[model_id]
+        except KeyError:
+            close = difflib.get_close_matches(model_id, self._specs, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ImageGenError(
+                "IMG_002",
+                f"model {model_id!r} is not in {self.path.name}.{hint} Known models: {', '.join(self._specs)}.",
+            ) from None
+
+
+def load_registry(path: str | Path | None = None) -> Registry:
+    path = Path(path) if path else DEFAULT_MODELS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImageGenError("IMG_018", f"model config {path} does not exist; pass an existing file to --config.") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ImageGenError("IMG_018", f"model config {path} cannot be read as YAML: {_one_line(exc)}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict) or not raw["models"]:
+        raise ImageGenError("IMG_018", f"model config {path} needs a non-empty `models:` mapping of id -> entry.")
+    specs: dict[str, ModelSpec] = {}
+    for model_id, entry in raw["models"].items():
+        if not isinstance(entry, dict):
+            raise ImageGenError("IMG_018", f"{path.name}: entry {model_id!r} must be a mapping.")
+        try:
+            specs[str(model_id)] = ModelSpec(id=str(model_id), **entry)
+        except (ValidationError, TypeError) as exc:
+            raise ImageGenError("IMG_018", f"{path.name}: model {model_id!r}: {_pydantic_summary(exc)}") from None
+    rules = raw.get("smart_selection") or {}
+    if not isinstance(rules, dict) or any(not isinstance(v, list) for v in rules.values()):
+        raise ImageGenError("IMG_018", f"{path.name}: `smart_selection` maps a category to a list of model ids.")
+    unknown = sorted({m for ids in rules.values() for m in ids} - set(specs))
+    if unknown:
+        raise ImageGenError("IMG_018", f"{path.name}: `smart_selection` names unknown models: {', '.join(unknown)}.")
+    return Registry(specs, path, {str(k): tuple(v) for k, v in rules.items()})
+
+
+def _pydantic_summary(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "entry"
+            parts.append(f"{where}: {err['msg']}")
+        return "; ".join(parts)
+    return _one_line(exc)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,164 @@
+"""Tiny random-weight diffusers pipelines, built locally and loaded like real ones.
+
+The shapes follow diffusers' own `get_dummy_components()` tests: one transformer layer,
+hidden sizes of 32, a VAE with a single block. They are saved with `save_pretrained`
+and loaded back through the same `from_pretrained` path as FLUX.1, so tests and the
+demo exercise the real pipeline code. Tokenizers are made here with the `tokenizers`
+library because the Hugging Face Hub is not reachable from CI.
+
+Weights are seeded, so every machine builds the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Bump when a builder changes, so old caches are not reused.
+TINY_VERSION = "v1"
+BUILDERS = {"tiny-flux": "_build_tiny_flux", "tiny-sd": "_build_tiny_sd"}
+
+
+def tiny_pipeline_dir(name: str, cache_root: Path) -> Path:
+    """The folder holding the saved pipeline `name`, building it on first use.
+
+    Safe when several actors build at once: each builds into its own temporary folder
+    and the first to rename it into place wins.
+    """
+    if name not in BUILDERS:
+        raise KeyError(name)
+    target = cache_root / "tiny" / f"{name}-{TINY_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        globals()[BUILDERS[name]]().save_pretrained(scratch)
+        try:
+            os.rename(scratch, target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _clip_tokenizer(max_length: int = 77):
+    """A byte-level BPE CLIP tokenizer with no merges: every character is a token."""
+    from transformers import CLIPTokenizer
+
+    chars = _byte_alphabet()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        Path(tmp, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length)
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's byte-to-unicode table (as CLIP uses it): 256 printable stand-ins for the bytes."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            codes.append(byte)
+        else:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def _t5_tokenizer(max_length: int = 64):
+    """A Unigram tokenizer shaped like T5's: <pad>=0, </s>=1, <unk>=2, then characters."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'\"-:;()"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [("\u2581" + c, -2.0) for c in alphabet] + [(c, -3.0) for c in alphabet]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save(str(Path(tmp, "tokenizer.json")))
+        Path(tmp, "tokenizer_config.json").write_text(
+            json.dumps({
+                "tokenizer_class": "T5Tokenizer", "model_max_length": max_length,
+                "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "extra_ids": 0,
+            }),
+            encoding="utf-8",
+        )
+        return AutoTokenizer.from_pretrained(tmp)
+
+
+def _clip_text_encoder(vocab_size: int, with_projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=vocab_size, hidden_act="gelu", projection_dim=32,
+        max_position_embeddings=77,
+    )
+    return CLIPTextModel(config)
+
+
+def _build_tiny_flux():
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer()
+    tokenizer_2 = _t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )
+    text_encoder = _clip_text_encoder(len(tokenizer))
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
+    )
+
+
+def _build_tiny_sd():
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[4, 8], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, norm_num_groups=2,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=_clip_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )

@@ -1,0 +1,76 @@
+"""Shared fixtures: one Ray instance per session, user state in temporary folders,
+no credentials leaking in from the environment, tiny models built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SESSION_CPUS = 8
+
+_CLEARED = (
+    "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_VERTEX_BASE_URL", "GITHUB_OUTPUT", "RAY_ADDRESS", "STORAGE_EMULATOR_HOST", "GOOGLE_GENAI_USE_VERTEXAI",
+)
+
+
+def pytest_configure(config):
+    # Before anything starts Ray: the session cache (tiny models) and no stray credentials,
+    # so the Ray workers started below inherit the same environment.
+    cache = Path(os.environ.get("KAMUI_TEST_CACHE", "/tmp/kamui-test-cache"))
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["KAMUI_CACHE_DIR"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name in _CLEARED:
+        os.environ.pop(name, None)
+    # keep the Hugging Face cache of the machine out of availability checks
+    os.environ["HF_HOME"] = str(cache / "hf-home")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch, tmp_path):
+    for name in _CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one Ray instance of the test session (logical GPUs none: this is a CPU machine)."""
+    import logging
+
+    import ray
+
+    from cluster.ray_runtime import NAMESPACE
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=SESSION_CPUS, include_dashboard=False, namespace=NAMESPACE,
+                 log_to_driver=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Build the tiny pipelines once, in the driver, before actors need them."""
+    from cluster import env
+    from models.tiny import tiny_pipeline_dir
+
+    return {name: tiny_pipeline_dir(name, env.cache_dir()) for name in ("tiny-flux", "tiny-sd")}
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from models.registry import load_registry
+
+    return load_registry()
+
+
+@pytest.fixture
+def limits():
+    from cluster.limits import load_limits
+
+    return load_limits()

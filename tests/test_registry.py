@@ -1,0 +1,162 @@
+"""The model registry, availability checks and the plan's count semantics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.errors import ImageGenError
+from cluster.planner import make_plan
+from cluster.request import parse_request
+from models import availability
+from models.registry import load_registry
+
+SEED_MODELS = {"imagen4-ultra", "imagen4-fast", "imagen3", "flux-schnell", "photo-flux"}
+
+
+def test_bundled_config_lists_the_seed_models_and_the_tiny_ones(registry):
+    ids = set(registry.ids())
+    assert SEED_MODELS <= ids and {"tiny-flux", "tiny-sd"} <= ids
+    flux = registry.get("flux-schnell")
+    assert (flux.backend, flux.source, flux.pipeline) == ("diffusers", "black-forest-labs/FLUX.1-schnell", "FluxPipeline")
+    assert (flux.steps, flux.guidance, flux.dtype) == (4, 0.0, "bfloat16")
+    assert flux.rate_limit.requests_per_minute == 30 and flux.rate_limit.concurrent_limit == 8
+    assert flux.rate_limit.queue_strategy == "load_balanced"
+    ultra = registry.get("imagen4-ultra")
+    assert (ultra.rate_limit.requests_per_minute, ultra.rate_limit.concurrent_limit) == (10, 3)
+    assert ultra.rate_limit.queue_strategy == "priority_based"
+    assert registry.get("imagen4-fast").rate_limit.queue_strategy == "round_robin"
+    assert not registry.get("tiny-flux").auto_select and registry.get("tiny-flux").random_weights
+
+
+def write_config(tmp_path: Path, models: dict, **extra) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": models, **extra}))
+    return path
+
+
+@pytest.mark.parametrize("content", [
+    "models: [1, 2]",
+    "not: yaml: at: all: [",
+    "models: {}",
+    "models:\n  x:\n    backend: diffusers\n",  # no source
+    "models:\n  x:\n    backend: imagen\n    api_style: predict\n",  # no api_model
+    "models:\n  x:\n    backend: diffusers\n    source: a/b\n    colour: red\n",  # unknown key
+    "models:\n  x:\n    backend: diffusers\n    source: a/b\n    steps: -1\n",
+    "smart_selection: {realism: [ghost]}\nmodels:\n  x:\n    backend: diffusers\n    source: a/b\n",
+])
+def test_bad_config_files_are_img_018(tmp_path, content):
+    path = tmp_path / "models.yaml"
+    path.write_text(content)
+    with pytest.raises(ImageGenError) as info:
+        load_registry(path)
+    assert info.value.code == "IMG_018"
+
+
+def test_missing_config_file_is_img_018(tmp_path):
+    with pytest.raises(ImageGenError) as info:
+        load_registry(tmp_path / "nope.yaml")
+    assert info.value.code == "IMG_018"
+
+
+def test_any_diffusers_pipeline_is_a_config_entry(tmp_path):
+    path = write_config(tmp_path, {"sdxl-turbo": {
+        "backend": "diffusers", "source": "stabilityai/sdxl-turbo", "pipeline": "AutoPipelineForText2Image",
+        "steps": 1, "guidance": 0.0, "width": 512, "height": 512, "dtype": "float16",
+    }})
+    spec = load_registry(path).get("sdxl-turbo")
+    assert spec.source_kind() == ("hub", "stabilityai/sdxl-turbo")
+    assert spec.fetch_command() == "huggingface-cli download stabilityai/sdxl-turbo"
+
+
+def test_missing_hub_weights_name_the_fetch_command(registry):
+    check = availability.check(registry.get("flux-schnell"))
+    assert not check.ok and check.code == "IMG_002"
+    assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in check.reason
+
+
+def test_cached_hub_weights_are_found_without_network(registry, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    hub = tmp_path / "hub"
+    snap = hub / "models--black-forest-labs--FLUX.1-schnell" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "model_index.json").write_text("{}")
+    (hub / "models--black-forest-labs--FLUX.1-schnell" / "refs").mkdir()
+    (hub / "models--black-forest-labs--FLUX.1-schnell" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
+    assert availability.hub_snapshot("black-forest-labs/FLUX.1-schnell") == snap
+    assert availability.check(registry.get("flux-schnell")).ok
+
+
+def test_local_folder_source(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    path = write_config(tmp_path, {"mine": {"backend": "diffusers", "source": str(folder)}})
+    spec = load_registry(path).get("mine")
+    assert not availability.check(spec).ok
+    (folder / "model_index.json").write_text("{}")
+    assert availability.check(spec).ok
+
+
+def test_imagen_without_credentials_is_img_007(registry):
+    check = availability.check(registry.get("imagen4-fast"))
+    assert (check.ok, check.code) == (False, "IMG_007")
+
+
+def test_imagen_with_api_key_is_available(registry, monkeypatch):
+    monkeypatch.setenv("GOOGLE_API_KEY", "k-123")
+    assert availability.check(registry.get("imagen4-fast")).ok
+
+
+def _request(registry, tmp_path, **raw):
+    base = {"image_prompt": "a red fox", "folder_name": "out"}
+    base.update(raw)
+    return parse_request(base, registry, cwd=tmp_path)
+
+
+def test_count_means_per_model_with_a_list(registry, tmp_path):
+    plan = make_plan(_request(registry, tmp_path, image_count="1", models="tiny-flux,tiny-sd", seed="10"), registry)
+    assert [t.model for t in plan.tasks] == ["tiny-flux", "tiny-sd"]
+    assert [t.index for t in plan.tasks] == [0, 1]
+    assert [t.seed for t in plan.tasks] == [10, 11]
+    plan = make_plan(_request(registry, tmp_path, image_count="3", models="tiny-flux,tiny-sd", seed="0"), registry)
+    assert [t.model for t in plan.tasks] == ["tiny-flux"] * 3 + ["tiny-sd"] * 3
+
+
+def test_comparison_mode_gives_every_model_the_same_seeds(registry, tmp_path):
+    plan = make_plan(_request(registry, tmp_path, image_count="2", models="tiny-flux,tiny-sd", seed="5",
+                              enable_comparison="true"), registry)
+    seeds = {m: [t.seed for t in plan.tasks if t.model == m] for m in plan.models}
+    assert seeds == {"tiny-flux": [5, 6], "tiny-sd": [5, 6]}
+
+
+def test_overrides_beat_model_defaults(registry, tmp_path):
+    plan = make_plan(_request(registry, tmp_path, models="tiny-flux", width="32", height="48", steps="3"), registry)
+    task = plan.tasks[0]
+    assert (task.width, task.height, task.steps, task.guidance) == (32, 48, 3, 0.0)
+
+
+def test_auto_with_nothing_available_is_img_002_and_never_picks_tiny(registry, tmp_path):
+    with pytest.raises(ImageGenError) as info:
+        make_plan(_request(registry, tmp_path), registry)
+    assert info.value.code == "IMG_002"
+    assert "tiny-flux" in info.value.message  # tells how to run the demo
+
+
+def test_explicit_model_without_weights_is_img_002(registry, tmp_path):
+    with pytest.raises(ImageGenError) as info:
+        make_plan(_request(registry, tmp_path, models="flux-schnell"), registry)
+    assert info.value.code == "IMG_002"
+
+
+def test_auto_spreads_the_count_over_the_smart_picks(registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("GOOGLE_API_KEY", "k")
+    plan = make_plan(_request(registry, tmp_path, image_prompt="a portrait photo, 85mm lens", image_count="3"),
+                     registry)
+    assert plan.models == ["imagen4-ultra"]  # photo-flux has no weights here
+    assert [t.model for t in plan.tasks] == ["imagen4-ultra"] * 3
+    plan = make_plan(_request(registry, tmp_path, image_prompt="an oil painting of a ship", image_count="3"), registry)
+    assert plan.models == ["imagen4-fast"]  # flux-schnell has no weights; imagen4-fast is the other artistic pick

@@ -53,6 +53,7 @@ class SchedulerLimits(BaseModel):
     actor_max_restarts: int = Field(3, ge=0)
     backoff_base: float = Field(2.0, ge=0)
     backoff_max: float = Field(60.0, ge=0)
+    rate_window_seconds: float = Field(60.0, gt=0, description="The window of requests_per_minute.")
 
 
 class Limits(BaseModel):

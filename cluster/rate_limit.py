@@ -6,20 +6,21 @@ from collections import deque
 
 from models.registry import RateLimit
 
-WINDOW_SECONDS = 60.0
 
 
 class ModelGate:
     """Admits a call when fewer than `concurrent_limit` are in flight and fewer than
-    `requests_per_minute` started in the last rolling minute."""
+    `requests_per_minute` started in the last rolling window (a minute, unless a test
+    shortens it)."""
 
-    def __init__(self, limit: RateLimit):
+    def __init__(self, limit: RateLimit, window_seconds: float = 60.0):
         self.limit = limit
+        self.window = window_seconds
         self.in_flight = 0
         self._starts: deque[float] = deque()
 
     def _trim(self, now: float) -> None:
-        while self._starts and now - self._starts[0] >= WINDOW_SECONDS:
+        while self._starts and now - self._starts[0] >= self.window:
             self._starts.popleft()
 
     def can_start(self, now: float) -> bool:
@@ -40,7 +41,7 @@ class ModelGate:
         self._trim(now)
         if len(self._starts) < rpm:
             return None
-        return self._starts[0] + WINDOW_SECONDS
+        return self._starts[0] + self.window
 
     def started(self, now: float) -> None:
         self.in_flight += 1

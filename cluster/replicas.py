@@ -85,7 +85,16 @@ class ReplicaPool:
         return self._nodes
 
     def batch_size(self, spec: ModelSpec) -> int:
-        return spec.batch_size_for(smallest_card_gb(self.nodes) if spec.is_local else None)
+        """Images per call: the spec's cap, lowered to what a card's spare memory holds and so that
+        one replica never reserves more than half of a node's host memory (memory_limit_per_image)."""
+        if not spec.is_local:
+            return spec.max_batch_size
+        batch = spec.batch_size_for(smallest_card_gb(self.nodes))
+        per_image = self.limits.perf.memory_limit_per_image
+        biggest = max((n.memory_bytes for n in self.nodes), default=0)
+        if per_image > 0 and biggest > 0:
+            batch = max(1, min(batch, int(biggest / 2 // per_image)))
+        return batch
 
     def ensure(self, spec: ModelSpec, images: int) -> ModelGroup:
         """The model's replicas, created (and loading) on first use."""
@@ -153,9 +162,14 @@ class ReplicaPool:
             options["memory"] = bundle["memory"]
         name = f"{spec.id}-{index}"
         actor = ModelActor.options(**options).remote(spec, name, str(env.cache_dir()))
-        return Replica(name=name, model=spec.id, actor=actor, concurrency=concurrency, load_ref=actor.load.remote())
+        return Replica(name=name, model=spec.id, actor=actor, concurrency=concurrency, load_ref=self._load(actor))
 
     # --- loading -------------------------------------------------------------------------
+
+    def _load(self, actor):
+        # Loading is idempotent, so Ray may resubmit it to a restarted actor; a load sent while the
+        # actor restarts would otherwise fail with "actor temporarily unavailable".
+        return actor.load.options(max_task_retries=self.limits.scheduler.actor_max_restarts + 1).remote()
 
     def loading_refs(self) -> dict[Any, Replica]:
         return {r.load_ref: r for g in self.groups.values() for r in g.replicas if r.load_ref is not None}
@@ -207,13 +221,19 @@ class ReplicaPool:
         self.on_died(replica)
 
     def on_died(self, replica: Replica) -> None:
-        """The replica's process is gone; Ray restarts it while restarts remain."""
+        """The replica's process is gone. Ray restarts it while restarts remain; it loads again
+        before it gets work, so its reload never counts against a call's timeout."""
         replica.restarts += 1
+        replica.loaded = False
         if replica.restarts > self.limits.scheduler.actor_max_restarts:
             replica.dead = True
+            replica.load_ref = None
             group = self.groups[replica.model]
             if not group.usable:
                 group.error = ImageGenError("IMG_020", f"every replica of {replica.model!r} died too often.")
+        else:
+            replica.load_started = time.monotonic()
+            replica.load_ref = self._load(replica.actor)
         self.events.emit("replica_restarted", model=replica.model, replica=replica.name, restarts=replica.restarts)
 
     # --- the end ------------------------------------------------------------------------

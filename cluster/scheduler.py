@@ -100,6 +100,8 @@ class Scheduler:
         self._replica_turn: dict[str, int] = {}
         self._fallback_noted: set[tuple[str, str]] = set()
         self._halt_code = ("IMG_003", "not started")
+        self._calls_planned: dict[str, int] = {}
+        self._calls_started: dict[str, int] = {}
         self._source: StaticSource | SequentialSource | None = None
         self.planned = dict(planned or {})
 
@@ -138,7 +140,7 @@ class Scheduler:
         model = state.task.model
         if model not in self.queues:
             self.queues[model] = []
-            self.gates[model] = ModelGate(self.specs[model].rate_limit)
+            self.gates[model] = ModelGate(self.specs[model].rate_limit, self.limits.scheduler.rate_window_seconds)
             self.pool.ensure(self.specs[model], self.planned.get(model, 1))
         self.queues[model].append(state)
 
@@ -201,10 +203,17 @@ class Scheduler:
             ready_states = sorted(ready_states, key=lambda s: (s.priority, s.task.index))
         head = ready_states[0]
         compatible = [s for s in ready_states if _same_call(s.task, head.task, group.spec)]
-        # split the model's queue evenly over the call slots it can use right now
-        slots = sum(r.concurrency - r.in_flight for r in group.replicas if r.loaded and not r.dead)
-        slots = max(1, min(slots, self.max_parallel - len(self.calls)))
-        size = min(group.batch_size, max(1, math.ceil(len(compatible) / slots)))
+        # Split the model's images evenly over the calls planned for it (10 images, 3 replicas,
+        # batches of 4 -> 4, 3, 3), whatever order the replicas come up in.
+        model = group.spec.id
+        if model not in self._calls_planned:
+            slots = sum(r.concurrency for r in group.replicas if not r.dead) or 1
+            slots = min(slots, self.max_parallel)
+            planned = max(1, self.planned.get(model, len(compatible)))
+            self._calls_planned[model] = max(math.ceil(planned / group.batch_size), min(slots, planned))
+        remaining_calls = max(1, self._calls_planned[model] - self._calls_started.get(model, 0))
+        size = min(group.batch_size, max(1, math.ceil(len(compatible) / remaining_calls)))
+        self._calls_started[model] = self._calls_started.get(model, 0) + 1
         batch = compatible[:size]
         queue = self.queues[group.spec.id]
         for state in batch:

@@ -29,6 +29,8 @@ class Availability:
 def check(spec: ModelSpec) -> Availability:
     if spec.backend == "imagen":
         return _check_google(spec)
+    if spec.backend == "custom":
+        return _check_factory(spec)
     kind, value = spec.source_kind()
     if kind == "builtin":
         from models.tiny import BUILDERS  # torch-free: only names
@@ -68,6 +70,19 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     if isinstance(found, str):
         return Path(found).parent
     return None
+
+
+def _check_factory(spec: ModelSpec) -> Availability:
+    import importlib.util
+
+    module = (spec.factory or "").partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return Availability(spec.id, True)
+    return Availability(spec.id, False, "IMG_002", f"model {spec.id!r}: module {module!r} of its factory is not importable.")
 
 
 def _check_google(spec: ModelSpec) -> Availability:

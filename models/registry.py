@@ -42,6 +42,9 @@ class ModelSpec(BaseModel):
     factory: str | None = Field(
         None, description="custom backend: 'module:callable' returning an object with generate(tasks, call_id)."
     )
+    remote: bool | None = Field(
+        None, description="Calls a remote service instead of local hardware; default: true for imagen only."
+    )
 
     # diffusers backend
     source: str | None = Field(None, description="HF repo id, local folder, or builtin:<name>.")
@@ -93,6 +96,8 @@ class ModelSpec(BaseModel):
     @property
     def is_local(self) -> bool:
         """Runs on the cluster's own hardware (needs GPU placement), as opposed to a remote API."""
+        if self.remote is not None:
+            return not self.remote
         return self.backend != "imagen"
 
     @property

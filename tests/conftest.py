@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 SESSION_CPUS = 8
+# Logical GPUs (no hardware needed): two 24 GB cards, so placement, GPU bundles and the
+# gpu_memory_gb resource are exercised exactly as on a GPU node.
+SESSION_GPUS = 2
+SESSION_CARD_GB = 24
 
 _CLEARED = (
     "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS",
@@ -39,16 +43,18 @@ def _clean_env(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """The one Ray instance of the test session (logical GPUs none: this is a CPU machine)."""
+    """The one Ray instance of the test session."""
     import logging
 
     import ray
 
+    from cluster.placement import GPU_MEMORY_RESOURCE
     from cluster.ray_runtime import NAMESPACE
 
     if not ray.is_initialized():
-        ray.init(num_cpus=SESSION_CPUS, include_dashboard=False, namespace=NAMESPACE,
-                 log_to_driver=False, logging_level=logging.ERROR)
+        ray.init(num_cpus=SESSION_CPUS, num_gpus=SESSION_GPUS,
+                 resources={GPU_MEMORY_RESOURCE: SESSION_GPUS * SESSION_CARD_GB},
+                 include_dashboard=False, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     ray.shutdown()
 

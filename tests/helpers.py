@@ -53,3 +53,59 @@ def read_json(path: Path):
     import json
 
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def scripted_registry(tmp_path: Path, models: dict[str, dict], smart_selection: dict | None = None):
+    """A models.yaml of scripted test models (see tests/scripted_backend.py).
+
+    Each value: spec fields plus `script:` (the call_args). Local by default with a quarter of a
+    24 GB logical card; `remote: true` makes it behave like an API model.
+    """
+    import yaml
+
+    from models.registry import load_registry
+
+    entries = {}
+    for model_id, fields in models.items():
+        fields = dict(fields)
+        script = fields.pop("script", {})
+        script.setdefault("log", str(tmp_path / "calls.jsonl"))
+        script.setdefault("counter", str(tmp_path / f"{model_id}.counter"))
+        entry = {
+            "backend": "custom",
+            "factory": "tests.scripted_backend:ScriptedGenerator",
+            "weights": "random",
+            "width": 32,
+            "height": 32,
+            "steps": 1,
+            "gpus": 0.25,
+            "gpu_memory_gb": 6,
+            "max_batch_size": 1,
+            "auto_select": False,
+            "call_args": script,
+        }
+        entry.update(fields)
+        entries[model_id] = entry
+    path = tmp_path / "scripted-models.yaml"
+    doc = {"models": entries}
+    if smart_selection:
+        doc["smart_selection"] = smart_selection
+    path.write_text(yaml.safe_dump(doc))
+    return load_registry(path)
+
+
+def make_request(registry, tmp_path: Path, **raw):
+    from cluster.request import parse_request
+
+    base = {"image_prompt": "a red fox", "folder_name": "out"}
+    base.update({k: (None if v is None else str(v)) for k, v in raw.items()})
+    return parse_request(base, registry, cwd=tmp_path)
+
+
+def quick_limits(**overrides):
+    from cluster.limits import load_limits
+
+    defaults = {"memory_limit_per_image": "50MB", "placement_timeout": 5, "cancel_grace": 1.0,
+                "backoff_base": 0.05, "backoff_max": 0.2}
+    defaults.update(overrides)
+    return load_limits().with_overrides(defaults)

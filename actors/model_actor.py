@@ -49,6 +49,7 @@ class ModelWorker:
                     load_seconds=float(getattr(self.backend, "load_seconds", 0.0)),
                     gpu_ids=[str(g) for g in ray.get_gpu_ids()],
                     restarts=1 if context.was_current_actor_reconstructed else 0,
+                    pid=os.getpid(),
                 )
         return self.info()
 

@@ -116,9 +116,7 @@ def check_placeable(spec: ModelSpec, bundle: dict[str, float], nodes: list[NodeC
     """Nodes that could ever hold one replica; IMG_010 naming need and supply when none can."""
     fitting = [n for n in nodes if node_fits(bundle, n, spec)]
     if not fitting:
-        need = ", ".join(f"{k}={v:g}" for k, v in bundle.items() if k != "memory")
-        if "memory" in bundle:
-            need += f", memory={bundle['memory'] / 1024**3:.1f}GiB"
+        need = fmt_bundle(bundle)
         raise ImageGenError(
             "IMG_010",
             f"model {spec.id!r} needs {need} on one node, and no node has that (cluster: {describe(nodes)}). "
@@ -128,10 +126,19 @@ def check_placeable(spec: ModelSpec, bundle: dict[str, float], nodes: list[NodeC
     return fitting
 
 
+def fmt_bundle(bundle: dict[str, float]) -> str:
+    parts = [f"{k}={v:g}" for k, v in bundle.items() if k != "memory"]
+    if bundle.get("memory"):
+        parts.append(f"host memory={bundle['memory'] / 10**9:.2f} GB")
+    return ", ".join(parts)
+
+
 def replica_count(
-    spec: ModelSpec, images: int, batch_size: int, max_parallel: int, bundle: dict[str, float], nodes: list[NodeCapacity]
+    spec: ModelSpec, images: int, batch_size: int, max_parallel: int, bundle: dict[str, float],
+    nodes: list[NodeCapacity], free: dict[str, float] | None = None,
 ) -> int:
-    """How many replicas of a model: enough for its calls, within --max-parallel and the free GPUs.
+    """How many replicas of a model: enough for its calls, within --max-parallel and the GPUs
+    that are free now (`free`: the cluster's available resources; others' replicas hold the rest).
 
     Remote models get one actor (it takes `concurrent_limit` calls at once). CPU-only clusters get
     one replica per model: more would only fight over the same cores.
@@ -148,5 +155,9 @@ def replica_count(
         per_gpu = node.gpus / bundle["GPU"] if bundle.get("GPU") else math.inf
         per_mem = (node.gpu_memory_gb / bundle[GPU_MEMORY_RESOURCE]) if bundle.get(GPU_MEMORY_RESOURCE) else math.inf
         capacity += int(min(per_gpu, per_mem, node.cpus / bundle["CPU"]))
+    if free is not None:
+        for key in ("GPU", GPU_MEMORY_RESOURCE):
+            if bundle.get(key):
+                capacity = min(capacity, int(free.get(key, 0.0) / bundle[key] + 1e-9))
     limit = spec.rate_limit.concurrent_limit or calls
     return max(1, min(calls, max_parallel, capacity, limit))

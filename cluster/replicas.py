@@ -19,6 +19,7 @@ from cluster.events import Events
 from cluster.limits import Limits
 from cluster.placement import (
     GPU_MEMORY_RESOURCE,
+    fmt_bundle,
     NodeCapacity,
     check_placeable,
     cluster_nodes,
@@ -46,6 +47,7 @@ class Replica:
     busy_seconds: float = 0.0
     restarts: int = 0
     load_started: float = field(default_factory=time.monotonic)
+    retired_incarnation: tuple[str, int] | None = None  # (node, pid) of the process we killed
 
     @property
     def free(self) -> bool:
@@ -110,7 +112,9 @@ class ReplicaPool:
             self.groups[spec.id] = group
             self.events.emit("model_unplaceable", model=spec.id, code=exc.code, message=exc.message)
             return group
-        count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes)
+        import ray
+
+        count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes, ray.available_resources())
         group = self._place(spec, bundle, count, batch)
         self.groups[spec.id] = group
         return group
@@ -128,7 +132,7 @@ class ReplicaPool:
             if count == 1:
                 error = ImageGenError(
                     "IMG_010",
-                    f"model {spec.id!r}: the cluster could hold {_fmt(bundle)} but none of it came free within "
+                    f"model {spec.id!r}: the cluster could hold {fmt_bundle(bundle)} but none of it came free within "
                     f"{timeout:g}s (other runs or resident models hold it; cluster: {describe(self.nodes)}). "
                     "See `ray status`, or raise scheduler.placement_timeout.",
                 )
@@ -180,7 +184,12 @@ class ReplicaPool:
 
         ref, replica.load_ref = replica.load_ref, None
         try:
-            replica.info = ray.get(ref)
+            info = ray.get(ref)
+            if replica.retired_incarnation == (info.node_id, info.pid):
+                # ray.kill is asynchronous: the dying process answered; ask the restarted one
+                replica.load_ref = self._load(replica.actor)
+                return
+            replica.info = info
             replica.loaded = True
             self.events.emit("model_loaded", model=replica.model, replica=replica.name,
                              seconds=round(replica.info.load_seconds, 2), device=replica.info.device)
@@ -214,6 +223,8 @@ class ReplicaPool:
         """Kill a stuck replica; Ray restarts it (max_restarts) and it reloads on its next call."""
         import ray
 
+        if replica.info is not None:
+            replica.retired_incarnation = (replica.info.node_id, replica.info.pid)
         try:
             ray.kill(replica.actor, no_restart=False)
         except Exception:  # already gone
@@ -275,10 +286,6 @@ class ReplicaPool:
             ray.kill(replica.actor, no_restart=not restart)
         except Exception:  # noqa: BLE001
             pass
-
-
-def _fmt(bundle: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in bundle.items() if k != "memory")
 
 
 def _one_line(exc: BaseException) -> str:

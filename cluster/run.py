@@ -119,7 +119,7 @@ def run_generation(
         error = schedule.aborted
     if error is None and not schedule.images and schedule.failures:
         last = schedule.failures[-1]
-        error = ImageGenError(last.code, f"no image was made; last failure: {last.message}")
+        error = ImageGenError(last.code, f"no image was made: {last.message}")
 
     outcome = _outcome(request, plan, schedule, scorer, replicas, error, started, started_at, cluster_info)
     events.emit("scored", images=len(outcome.images), primary=outcome.primary)

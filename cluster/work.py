@@ -76,3 +76,4 @@ class ReplicaInfo:
     gpu_ids: list[str] = field(default_factory=list)
     warm: bool = False
     restarts: int = 0
+    pid: int = 0

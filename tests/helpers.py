@@ -68,7 +68,7 @@ def scripted_registry(tmp_path: Path, models: dict[str, dict], smart_selection: 
     entries = {}
     for model_id, fields in models.items():
         fields = dict(fields)
-        script = fields.pop("script", {})
+        script = dict(fields.pop("script", {}))
         script.setdefault("log", str(tmp_path / "calls.jsonl"))
         script.setdefault("counter", str(tmp_path / f"{model_id}.counter"))
         entry = {

@@ -1,0 +1,73 @@
+"""Multi-node placement on a real `ray.cluster_utils.Cluster`: a head without GPUs and
+three nodes of one 24 GB (logical) card each. Run in its own process by
+tests/test_placement.py, because the test session already holds its own Ray instance.
+
+Prints one JSON document: what each scenario observed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    from ray.cluster_utils import Cluster
+
+    import ray
+    from cluster.placement import GPU_MEMORY_RESOURCE
+    from cluster.run import run_generation
+    from tests.helpers import make_request, quick_limits, read_json, scripted_registry
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    for _ in range(3):
+        cluster.add_node(num_cpus=4, num_gpus=1, resources={GPU_MEMORY_RESOURCE: 24})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="kamui-multi-image", log_to_driver=False, logging_level="ERROR")
+    results: dict = {"nodes": len([n for n in ray.nodes() if n["Alive"]])}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp)
+            os.chdir(base)
+
+            def run(name: str, specs: dict, **raw) -> dict:
+                folder = base / name
+                folder.mkdir()
+                registry = scripted_registry(folder, specs)
+                request = make_request(registry, folder, folder_name=str(folder / "out"), **raw)
+                started = time.monotonic()
+                result = run_generation(request, registry, quick_limits(placement_timeout=5))
+                report = read_json(folder / "out/metadata/generation-report.json")
+                return {
+                    "seconds": time.monotonic() - started,
+                    "images": len(result.outcome.images),
+                    "error": result.outcome.error.code if result.outcome.error else None,
+                    "message": result.outcome.error.message if result.outcome.error else None,
+                    "nodes": {m: [r["node_id"] for r in v["replicas"]] for m, v in report["models"].items()},
+                }
+
+            # 16 GB replicas: two never fit one 24 GB card, so three replicas use three nodes.
+            results["spread"] = run("spread", {"mid": {"gpus": 0.5, "gpu_memory_gb": 16, "script": {"latency": 0.5}}},
+                                    models="mid", image_count=3, max_parallel=3)
+            # two different 16 GB models in one run: never packed onto the same card
+            results["two_models"] = run("two", {
+                "a": {"gpus": 0.5, "gpu_memory_gb": 16, "script": {"latency": 0.5}},
+                "b": {"gpus": 0.5, "gpu_memory_gb": 16, "script": {"latency": 0.5}},
+            }, models="a,b", image_count=1, max_parallel=2)
+            # 5 GB replicas pack: four share one card (PACK keeps them on one node)
+            results["pack"] = run("pack", {"small": {"gpus": 0.1, "gpu_memory_gb": 5, "script": {"latency": 0.5}}},
+                                  models="small", image_count=4, max_parallel=4)
+            # a model no card can hold fails fast
+            results["too_big"] = run("big", {"huge": {"gpus": 1, "gpu_memory_gb": 40}}, models="huge")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

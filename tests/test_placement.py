@@ -1,0 +1,93 @@
+"""Placement: bundles from specs, feasibility, replica counts; and a real multi-node cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.errors import ImageGenError
+from cluster.placement import GPU_MEMORY_RESOURCE, NodeCapacity, check_placeable, replica_bundle, replica_count
+from models.registry import ModelSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def node(name: str, gpus: float = 1, card_gb: float = 24, cpus: float = 8) -> NodeCapacity:
+    return NodeCapacity(name, name, cpus, gpus, gpus * card_gb, 64e9)
+
+
+def spec(**fields) -> ModelSpec:
+    base = {"id": "m", "backend": "diffusers", "source": "org/m"}
+    base.update(fields)
+    return ModelSpec(**base)
+
+
+def test_bundle_asks_for_gpus_and_gpu_memory():
+    bundle = replica_bundle(spec(gpus=1, gpu_memory_gb=34), [node("a", card_gb=80)])
+    assert bundle == {"CPU": 1, "GPU": 1, GPU_MEMORY_RESOURCE: 34}
+
+
+def test_a_shared_card_is_claimed_in_proportion_to_memory():
+    # 16 GB of a 24 GB card is two thirds of it, whatever fraction the spec asks for
+    bundle = replica_bundle(spec(gpus=0.1, gpu_memory_gb=16), [node("a"), node("b", card_gb=80)])
+    assert bundle["GPU"] == pytest.approx(16 / 24, abs=1e-3)
+
+
+def test_cpu_only_cluster_gets_cpu_bundles_and_remote_models_never_ask_for_gpus():
+    assert replica_bundle(spec(gpus=1, gpu_memory_gb=34), [node("cpu", gpus=0)]) == {"CPU": 1}
+    remote = spec(backend="imagen", source=None, api_style="predict", api_model="x", cpus=0.5)
+    assert replica_bundle(remote, [node("a")]) == {"CPU": 0.5}
+
+
+def test_no_card_big_enough_is_img_010_naming_need_and_supply():
+    big = spec(gpus=1, gpu_memory_gb=40)
+    with pytest.raises(ImageGenError) as info:
+        check_placeable(big, replica_bundle(big, [node("a")]), [node("a"), node("b")])
+    assert info.value.code == "IMG_010"
+    assert "gpu_memory_gb=40" in info.value.message and "24 GB" in info.value.message
+
+
+def test_two_cards_of_a_node_do_not_make_one_big_card():
+    # 2 x 24 GB on one node is 48 GB in all, but a one-GPU 40 GB model still fits neither card
+    big = spec(gpus=1, gpu_memory_gb=40)
+    with pytest.raises(ImageGenError):
+        check_placeable(big, replica_bundle(big, [node("a", gpus=2)]), [node("a", gpus=2)])
+    # a model that asks for two GPUs splits its weights over both
+    split = spec(gpus=2, gpu_memory_gb=40)
+    assert check_placeable(split, replica_bundle(split, [node("a", gpus=2)]), [node("a", gpus=2)])
+
+
+def test_replica_count_from_images_max_parallel_and_free_gpus():
+    nodes = [node("a"), node("b")]
+    s = spec(gpus=0.5, gpu_memory_gb=10, max_batch_size=2)
+    bundle = replica_bundle(s, nodes)
+    assert replica_count(s, images=1, batch_size=2, max_parallel=8, bundle=bundle, nodes=nodes) == 1
+    assert replica_count(s, images=8, batch_size=2, max_parallel=3, bundle=bundle, nodes=nodes) == 3
+    assert replica_count(s, images=20, batch_size=2, max_parallel=8, bundle=bundle, nodes=nodes) == 4  # 2 per card
+    assert replica_count(s, images=20, batch_size=2, max_parallel=8, bundle=bundle, nodes=[node("c", gpus=0)]) == 1
+    # other runs hold most cards: only what is free now counts
+    free = {"GPU": 1.0, GPU_MEMORY_RESOURCE: 24.0}
+    assert replica_count(s, images=20, batch_size=2, max_parallel=8, bundle=bundle, nodes=nodes, free=free) == 2
+
+
+def test_multinode_cluster_spreads_packs_and_fails_fast():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "tests.multinode_check"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["nodes"] == 4
+    spread = seen["spread"]
+    assert spread["images"] == 3 and len(set(spread["nodes"]["mid"])) == 3  # one 16 GB replica per card
+    two = seen["two_models"]
+    assert two["images"] == 2 and set(two["nodes"]["a"]).isdisjoint(two["nodes"]["b"])
+    pack = seen["pack"]
+    assert pack["images"] == 4 and len(set(pack["nodes"]["small"])) == 1  # PACK: one node holds all four
+    big = seen["too_big"]
+    assert big["error"] == "IMG_010" and big["seconds"] < 5
+    assert "gpu_memory_gb=40" in big["message"]

@@ -1,5 +1,7 @@
 """Pick the generator class for a model spec. Every backend answers the same
-`generate(tasks, call_id) -> list[GeneratedImage]`, plus `cancel(call_id, code, reason)`."""
+`generate(tasks, call_id, options) -> list[GeneratedImage | FailedImage]` (one entry per task, in
+order; a FailedImage for a task the backend could not make, e.g. a filtered one), plus an
+optional `cancel(call_id, code, reason)`."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 from models.registry import ModelSpec
 
 
-def make_backend(spec: ModelSpec, cache_root: Path, replica: str):
+def make_backend(spec: ModelSpec, cache_root: Path, replica: str, credentials=None):
     if spec.backend == "diffusers":
         from actors.diffusers_generator import DiffusersGenerator
 
@@ -17,7 +19,7 @@ def make_backend(spec: ModelSpec, cache_root: Path, replica: str):
     if spec.backend == "imagen":
         from actors.google_generator import GoogleImageGenerator
 
-        return GoogleImageGenerator(spec, replica)
+        return GoogleImageGenerator(spec, replica, credentials)
     module_name, _, attr = (spec.factory or "").partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(spec, cache_root, replica)

@@ -106,7 +106,7 @@ class DiffusersGenerator:
         """Ask a running call to stop at its next denoising step (called from another thread)."""
         self._cancelled[call_id] = f"{code}|{reason}"
 
-    def generate(self, tasks: list[ImageTask], call_id: str = "") -> list[GeneratedImage]:
+    def generate(self, tasks: list[ImageTask], call_id: str = "", options=None) -> list[GeneratedImage]:
         """One pipeline call for the whole batch; one CPU generator per image, so image i
         depends only on its own seed (a batch gives the same pixels as single calls)."""
         torch = self._torch

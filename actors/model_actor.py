@@ -15,7 +15,7 @@ from pathlib import Path
 import ray
 
 from actors.backends import make_backend
-from cluster.work import GeneratedImage, ImageTask, ReplicaInfo
+from cluster.work import CallOptions, FailedImage, GeneratedImage, ImageTask, ReplicaInfo
 from models.registry import ModelSpec
 
 
@@ -24,8 +24,11 @@ class ModelWorker:
     lets its errors (IMG_002 missing weights, IMG_010 no free memory) reach the driver as
     themselves instead of as an opaque "actor died in its creation task"."""
 
-    def __init__(self, spec: ModelSpec, replica: str, cache_root: str):
+    def __init__(self, spec: ModelSpec, replica: str, cache_root: str, credentials=None):
         self.spec = spec
+        # Passed by the driver so a remote model works on nodes that do not have the key in their
+        # environment; GoogleCredentials keeps the key out of its repr.
+        self.credentials = credentials
         self.replica = replica
         self.cache_root = Path(cache_root)
         self.backend = None
@@ -37,7 +40,7 @@ class ModelWorker:
     def load(self) -> ReplicaInfo:
         with self._load_lock:
             if self.backend is None:
-                self.backend = make_backend(self.spec, self.cache_root, self.replica)
+                self.backend = make_backend(self.spec, self.cache_root, self.replica, self.credentials)
                 context = ray.get_runtime_context()
                 self._info = ReplicaInfo(
                     model=self.spec.id,
@@ -61,12 +64,13 @@ class ModelWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def generate(self, tasks: list[ImageTask], call_id: str) -> list[GeneratedImage]:
+    def generate(self, tasks: list[ImageTask], call_id: str, options: CallOptions | None = None
+                 ) -> list[GeneratedImage | FailedImage]:
         if self.backend is None:  # a restarted replica reloads on its first call
             self.load()
         self.calls += 1
         try:
-            return self.backend.generate(tasks, call_id)
+            return self.backend.generate(tasks, call_id, options)
         finally:
             self.last_used = time.time()
 

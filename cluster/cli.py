@@ -29,6 +29,8 @@ REQUEST_FLAGS = (
     ("--steps", "Denoising steps (default: the model's)."),
     ("--address", "Ray cluster to join (host:port or auto); default: start an embedded Ray instance."),
     ("--config", "Another models.yaml (default: configs/models.yaml)."),
+    ("--upload-uri", "gs://bucket/prefix: upload images to Google Cloud Storage (default: configs/output.yaml)."),
+    ("--signed-urls", "true or false: V4 signed URLs instead of public ones (default: configs/output.yaml)."),
 )
 LIMIT_FLAGS = (
     ("--timeout-per-image", "timeout_per_image", "Seconds a generation call may run (default 300)."),
@@ -80,7 +82,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     result = run_generation(request, registry, limits, events=Events(plain_lines()))
     _print_summary(result)
-    if result.outcome.error is not None and (not result.outcome.completed or result.aborted):
+    if result.outcome.error is not None and result.exit_code != 0:
         print(f"error {result.outcome.error.code}: {result.outcome.error.message}", file=sys.stderr)
     return result.exit_code
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -33,7 +33,7 @@ def hf_offline() -> bool:
 class GoogleCredentials:
     """What google-genai needs, gathered once. `api_key` must never be logged."""
 
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     project: str | None
     location: str
     application_credentials: str | None

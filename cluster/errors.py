@@ -36,6 +36,7 @@ ERROR_CODES: dict[str, tuple[str, int]] = {
     "IMG_023": ("Content filtered by the model's safety system", 1),
     "IMG_024": ("Invalid batch manifest", 2),
     "IMG_025": ("Invalid limit override", 2),
+    "IMG_026": ("Invalid upload URI", 2),
 }
 
 

@@ -165,7 +165,8 @@ class ReplicaPool:
         if bundle.get("memory"):
             options["memory"] = bundle["memory"]
         name = f"{spec.id}-{index}"
-        actor = ModelActor.options(**options).remote(spec, name, str(env.cache_dir()))
+        credentials = env.google_credentials() if spec.backend == "imagen" else None
+        actor = ModelActor.options(**options).remote(spec, name, str(env.cache_dir()), credentials)
         return Replica(name=name, model=spec.id, actor=actor, concurrency=concurrency, load_ref=self._load(actor))
 
     # --- loading -------------------------------------------------------------------------

@@ -61,6 +61,8 @@ class RunOutcome:
     costs: dict[str, float] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     folder_display: str = ""
+    primary_url: str | None = None  # set when the primary copy was uploaded
+    upload: dict = field(default_factory=dict)
 
     @property
     def completed(self) -> bool:
@@ -109,6 +111,7 @@ def image_entry(final: FinalImage, file_size: int) -> dict[str, Any]:
         "below_threshold": final.below_threshold,
         "weights": image.weights,
         "replica": image.replica,
+        "backend": image.extra or None,
         "attempts": _attempts(image.attempts),
     }
 
@@ -230,6 +233,7 @@ def generation_report(outcome: RunOutcome, file_sizes: dict[int, int], report_pa
             "scorer": outcome.scorer,
         },
         "degradations": outcome.degradations,
+        "upload": outcome.upload or None,
         "cost_usd": round(sum(outcome.costs.values()), 4),
         "cluster": outcome.cluster,
         "metrics": outcome.metrics,

@@ -50,6 +50,8 @@ class GenerationRequest(BaseModel):
     steps: int | None = None
     address: str | None = Field(None, description="Ray cluster to join; None starts an embedded one.")
     config: Path | None = Field(None, description="models.yaml in use; None is the bundled one.")
+    upload_uri: str | None = Field(None, description="gs://bucket/prefix to upload images to; None: configs/output.yaml.")
+    signed_urls: bool | None = Field(None, description="Signed instead of public URLs; None: configs/output.yaml.")
     debug: bool = False
 
     @property
@@ -94,6 +96,9 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         "steps": _parse_int(get("steps"), "--steps", 1, MAX_STEPS, "IMG_017"),
         "address": (get("address") or "").strip() or None,
         "config": registry.path,
+        "upload_uri": parse_upload_uri(get("upload_uri")),
+        "signed_urls": None if not (get("signed_urls") or "").strip()
+        else parse_bool_flag(get("signed_urls"), flag="--signed-urls", code="IMG_026"),
         "debug": parse_bool_flag(get("debug"), flag="--debug", code="IMG_011"),
     }
     return GenerationRequest(**fields)
@@ -134,6 +139,15 @@ def parse_folder(value: str | None, cwd: Path) -> Path:
     if folder.exists() and not folder.is_dir():
         raise ImageGenError("IMG_016", f"--folder-name {text!r} exists and is not a folder.")
     return folder
+
+
+def parse_upload_uri(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    from cluster.uploader import parse_gcs_uri
+
+    parse_gcs_uri(value)
+    return value.strip()
 
 
 def parse_image_count(value: str | None) -> int:

@@ -7,7 +7,11 @@
 | IMG_020 died    | same model again (restarted or another replica)   |
 | IMG_007 auth    | the run stops: no fallback                        |
 | IMG_005 disk    | the run stops                                     |
+| IMG_023 filtered| the image fails with the filter's reason          |
 | anything else   | the fastest available model not yet tried         |
+
+After a network error (IMG_008) an image is sent alone, one image per request, with a
+shorter request timeout (the design card's "retry with shorter timeout, then one image").
 
 Every rule stops at `max_attempts` tries per image.
 """
@@ -24,6 +28,8 @@ from cluster.work import Attempt, ImageTask
 
 ABORT_CODES = {"IMG_007", "IMG_005"}
 SAME_MODEL_CODES = {"IMG_006", "IMG_008", "IMG_020"}
+# The content itself was refused by the model's safety system: another model is no way around it.
+FINAL_CODES = {"IMG_023"}
 
 
 @dataclass
@@ -32,6 +38,15 @@ class TaskState:
     attempts: list[Attempt] = field(default_factory=list)
     not_before: float = 0.0
     priority: int = 0  # lower runs first; retries jump the queue so late images do not starve
+
+    @property
+    def network_failures(self) -> int:
+        return sum(1 for a in self.attempts if a.code == "IMG_008")
+
+    @property
+    def solo(self) -> bool:
+        """Sent alone after a network error: a smaller request is likelier to get through."""
+        return self.network_failures > 0
 
     @property
     def tried_models(self) -> set[str]:
@@ -59,6 +74,8 @@ class RetryPolicy:
     def decide(self, state: TaskState, code: str, usable: Callable[[str], bool]) -> Decision:
         if code in ABORT_CODES:
             return Decision("abort")
+        if code in FINAL_CODES:
+            return Decision("fail")
         if len(state.attempts) >= self.limits.max_attempts:
             return Decision("fail")
         model = state.task.model

@@ -31,7 +31,8 @@ from cluster.scoring import Scorer, WeightFreeScorer
 from cluster.strategies import SequentialSource, StaticSource
 from cluster.request import GenerationRequest
 from cluster.work import GeneratedImage
-from cluster.writer import WrittenRun, display_path, file_url, primary_url_of, write_run
+from cluster.uploader import GcsUploader, UploadConfig, load_upload_config
+from cluster.writer import PRIMARY_NAME, WrittenRun, display_path, file_url, primary_url_of, write_run
 from models import availability
 from models.registry import ModelSpec, Registry
 
@@ -47,9 +48,14 @@ class RunResult:
     def exit_code(self) -> int:
         if self.outcome.stopped == "interrupted":
             return 130
-        if not self.outcome.completed or self.aborted:
+        if not self.outcome.completed or self.aborted or self.upload_failed:
             return 1
         return 0
+
+    @property
+    def upload_failed(self) -> bool:
+        """Downstream steps read the uploaded URLs; a run that could not provide them fails."""
+        return self.outcome.error is not None and self.outcome.error.code == "IMG_022"
 
     @property
     def aborted(self) -> bool:
@@ -66,6 +72,7 @@ def run_generation(
     stop: threading.Event | None = None,
     scorer: Scorer | None = None,
     base_seed: int | None = None,
+    upload_config: UploadConfig | None = None,
 ) -> RunResult:
     events = events or Events()
     started = time.monotonic()
@@ -123,6 +130,9 @@ def run_generation(
 
     outcome = _outcome(request, plan, schedule, scorer, replicas, error, started, started_at, cluster_info)
     events.emit("scored", images=len(outcome.images), primary=outcome.primary)
+    upload_config = _upload_config(request, upload_config)
+    if upload_config.uri and outcome.images:
+        _upload(outcome, upload_config, events)
     try:
         written = write_run(outcome)
     except OSError as exc:
@@ -135,6 +145,46 @@ def run_generation(
     events.emit("run_finished", status=outcome.status, images=len(outcome.images),
                 failed=len(outcome.failures), seconds=round(outcome.total_seconds, 2))
     return RunResult(outcome, written, outputs, events)
+
+
+def _upload_config(request: GenerationRequest, config: UploadConfig | None) -> UploadConfig:
+    config = config or load_upload_config()
+    changes = {}
+    if request.upload_uri:
+        changes["uri"] = request.upload_uri
+    if request.signed_urls is not None:
+        changes["signed_urls"] = request.signed_urls
+    return config.model_copy(update=changes) if changes else config
+
+
+def _upload(outcome: RunOutcome, config: UploadConfig, events: Events) -> None:
+    """Every image (and the primary copy) to GCS; URLs replaced where the upload worked."""
+    uploader = GcsUploader(config)
+    run_path = outcome.folder_display if not outcome.folder_display.startswith("/") else outcome.request.folder_name.name
+    names = {f.position: uploader.object_name(run_path, f"images/{f.filename}") for f in outcome.images}
+    files = {names[f.position]: f.image.png for f in outcome.images}
+    primary = outcome.primary_image
+    primary_name = uploader.object_name(run_path, f"images/{PRIMARY_NAME}") if primary else None
+    if primary is not None:
+        files[primary_name] = primary.image.png
+    report = uploader.upload_all(files)
+    for final in outcome.images:
+        if names[final.position] in report.urls:
+            final.url = report.urls[names[final.position]]
+    if primary_name in report.urls:
+        outcome.primary_url = report.urls[primary_name]
+    outcome.upload = {
+        "uri": config.uri, "signed_urls": config.signed_urls, "uploaded": len(report.urls),
+        "failed": [{"object": name, "reason": reason, "attempts": report.attempts.get(name)}
+                   for name, reason in report.failures.items()],
+    }
+    events.emit("uploaded", files=len(report.urls), failed=len(report.failures))
+    if report.failures and outcome.error is None:
+        first = next(iter(report.failures.items()))
+        outcome.error = ImageGenError(
+            "IMG_022", f"{len(report.failures)} of {len(files)} uploads to {config.uri} failed after "
+                       f"{config.attempts} tries (first: {first[0]}: {first[1]}); the images are kept locally "
+                       "with file:// URLs.")
 
 
 def _planned_counts(plan: Plan) -> dict[str, int]:

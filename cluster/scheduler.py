@@ -34,11 +34,13 @@ from cluster.rate_limit import ModelGate
 from cluster.replicas import ModelGroup, Replica, ReplicaPool
 from cluster.retry import Decision, RetryPolicy, TaskState
 from cluster.strategies import StaticSource, SequentialSource
-from cluster.work import Attempt, FailedImage, GeneratedImage, ImageTask
+from cluster.work import Attempt, CallOptions, FailedImage, GeneratedImage, ImageTask
 from models.registry import ModelSpec
 
 # How often the loop wakes without results, to check deadlines and rate windows.
 TICK_SECONDS = 0.5
+# A remote request's timeout halves after each network error, at most this many times.
+MAX_TIMEOUT_HALVINGS = 3
 
 
 @dataclass
@@ -172,7 +174,10 @@ class Scheduler:
         batch = self._take_batch(group, ready_states)
         call_id = uuid.uuid4().hex[:12]
         tasks = [s.task for s in batch]
-        ref = replica.actor.generate.remote(tasks, call_id)
+        budget = self.limits.perf.timeout_per_image
+        shrink = 2 ** min(MAX_TIMEOUT_HALVINGS, max(s.network_failures for s in batch))
+        options = CallOptions(budget_s=budget, request_timeout_s=group.spec.request_timeout_s / shrink)
+        ref = replica.actor.generate.remote(tasks, call_id, options)
         replica.in_flight += 1
         gate.started(now)
         call = Call(call_id, model, replica, batch, now, now + self.limits.perf.timeout_per_image, ref)
@@ -202,15 +207,21 @@ class Scheduler:
         if group.spec.rate_limit.queue_strategy == "priority_based":
             ready_states = sorted(ready_states, key=lambda s: (s.priority, s.task.index))
         head = ready_states[0]
-        compatible = [s for s in ready_states if _same_call(s.task, head.task, group.spec)]
-        # Split the model's images evenly over the calls planned for it (10 images, 3 replicas,
-        # batches of 4 -> 4, 3, 3), whatever order the replicas come up in.
+        if head.solo:
+            compatible = [head]
+        else:
+            compatible = [s for s in ready_states if not s.solo and _same_call(s.task, head.task, group.spec)]
+        # Local models: split the images evenly over the calls planned for the model's replicas
+        # (10 images, 3 replicas, batches of 4 -> 4, 3, 3), whatever order the replicas come up in.
+        # Remote models: as few requests as the batch size allows, since quotas count requests.
         model = group.spec.id
         if model not in self._calls_planned:
-            slots = sum(r.concurrency for r in group.replicas if not r.dead) or 1
-            slots = min(slots, self.max_parallel)
             planned = max(1, self.planned.get(model, len(compatible)))
-            self._calls_planned[model] = max(math.ceil(planned / group.batch_size), min(slots, planned))
+            calls = math.ceil(planned / group.batch_size)
+            if group.spec.is_local:
+                slots = min(sum(r.concurrency for r in group.replicas if not r.dead) or 1, self.max_parallel)
+                calls = max(calls, min(slots, planned))
+            self._calls_planned[model] = calls
         remaining_calls = max(1, self._calls_planned[model] - self._calls_started.get(model, 0))
         size = min(group.batch_size, max(1, math.ceil(len(compatible) / remaining_calls)))
         self._calls_started[model] = self._calls_started.get(model, 0) + 1
@@ -272,11 +283,17 @@ class Scheduler:
         call.replica.calls += 1
         self.gates[call.model].finished()
         try:
-            images: list[GeneratedImage] = ray.get(call.ref)
+            results: list[GeneratedImage | FailedImage] = ray.get(call.ref)
         except Exception as exc:  # noqa: BLE001 - every failure is classified below
             self._call_failed(call, exc, elapsed)
             return
-        for state, image in zip(call.states, images):
+        for state, image in zip(call.states, results):
+            if isinstance(image, FailedImage):  # this task failed inside an otherwise good call
+                state.attempts.append(Attempt(call.model, call.replica.name, round(elapsed, 3), image.code, image.message))
+                self.events.emit("call_failed", model=call.model, replica=call.replica.name, code=image.code,
+                                 message=image.message, indices=[state.task.index])
+                self._after_failure(state, image.code, image.message)
+                continue
             image.attempts = state.attempts + [Attempt(call.model, call.replica.name, round(elapsed, 3))]
             self.result.images.append(image)
             score = self.score(image) if (self.score and source.wants_scores) else None

@@ -15,7 +15,7 @@ class ImageTask:
     index: int
     model: str
     prompt: str
-    seed: int
+    seed: int | None  # None: the backend could not take a seed (e.g. Imagen with its watermark on)
     width: int
     height: int
     steps: int | None
@@ -24,6 +24,14 @@ class ImageTask:
 
     def with_model(self, model: str, steps: int | None, guidance: float | None, width: int, height: int) -> "ImageTask":
         return replace(self, model=model, steps=steps, guidance=guidance, width=width, height=height)
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What the scheduler tells a backend about one call's time."""
+
+    budget_s: float | None = None  # seconds left before the images' timeout_per_image
+    request_timeout_s: float | None = None  # a remote request's own timeout (shorter after network errors)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class GeneratedImage:
     height: int
     weights: str = "real"
     nonfinite_fraction: float = 0.0  # share of NaN/inf values in the decoded pixels
+    extra: dict = field(default_factory=dict)  # backend details worth recording (api model, sample index)
     attempts: list[Attempt] = field(default_factory=list)
     remote_url: str | None = None
 

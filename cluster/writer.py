@@ -97,6 +97,8 @@ def primary_url_of(outcome: RunOutcome) -> str:
     primary = outcome.primary_image
     if primary is None:
         return ""
+    if outcome.primary_url:
+        return outcome.primary_url
     if primary.url.startswith("file://"):
         # the legacy file is images/generated-image.png; point at it, not at its numbered twin
         return (outcome.request.folder_name / "images" / PRIMARY_NAME).as_uri()

@@ -58,6 +58,7 @@ class ModelSpec(BaseModel):
     # imagen backend
     api_style: Literal["predict", "generate_content"] | None = None
     api_model: str | None = None
+    request_timeout_s: float = Field(120, gt=0, description="Timeout of one remote request (halved after each network error).")
 
     # generation defaults (the request may override steps and size)
     steps: int | None = Field(None, ge=1)

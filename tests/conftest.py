@@ -80,3 +80,40 @@ def limits():
     from cluster.limits import load_limits
 
     return load_limits()
+
+
+API_KEY = "AIzaTEST-secret-key-never-printed-0123456789"
+
+
+@pytest.fixture(scope="session")
+def fake_vertex_server():
+    from tests.fake_vertex import FakeVertex
+
+    server = FakeVertex().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def vertex(fake_vertex_server, monkeypatch):
+    """The loopback Vertex endpoint, with a key in the environment as a user would set it."""
+    fake_vertex_server.reset()
+    monkeypatch.setenv("GOOGLE_API_KEY", API_KEY)
+    monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", fake_vertex_server.base_url)
+    return fake_vertex_server
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """gcp-storage-emulator on 127.0.0.1 with a bucket `kamui-test`; the real client talks to it."""
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="kamui-test")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()

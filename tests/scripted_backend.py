@@ -95,7 +95,7 @@ class ScriptedGenerator:
                 raise ImageGenError(code, f"{self.spec.id}: {reason}")
             time.sleep(0.02)
 
-    def generate(self, tasks: list[ImageTask], call_id: str = "") -> list[GeneratedImage]:
+    def generate(self, tasks: list[ImageTask], call_id: str = "", options=None) -> list[GeneratedImage]:
         with self._lock:
             number = bump_counter(self.script["counter"]) if self.script.get("counter") else 0
             self._log(event="start", call=call_id, n=len(tasks), number=number,

@@ -31,6 +31,7 @@ REQUEST_FLAGS = (
     ("--config", "Another models.yaml (default: configs/models.yaml)."),
     ("--upload-uri", "gs://bucket/prefix: upload images to Google Cloud Storage (default: configs/output.yaml)."),
     ("--signed-urls", "true or false: V4 signed URLs instead of public ones (default: configs/output.yaml)."),
+    ("--scorer", "CLIP scorer from configs/scoring.yaml (vit-l-14, tiny-clip) or none (default: vit-l-14)."),
 )
 LIMIT_FLAGS = (
     ("--timeout-per-image", "timeout_per_image", "Seconds a generation call may run (default 300)."),

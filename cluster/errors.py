@@ -37,6 +37,7 @@ ERROR_CODES: dict[str, tuple[str, int]] = {
     "IMG_024": ("Invalid batch manifest", 2),
     "IMG_025": ("Invalid limit override", 2),
     "IMG_026": ("Invalid upload URI", 2),
+    "IMG_027": ("Unknown scorer", 2),
 }
 
 

@@ -17,6 +17,8 @@ WEIGHTS = {
     "aesthetic_appeal": 0.2,
     "generation_artifacts": 0.1,  # enters as (1 - artifacts)
 }
+# CLIPScore (Hessel et al., 2021): w * max(cos(image, text), 0) with w = 2.5.
+CLIPSCORE_W = 2.5
 # Tier boundaries on the overall score.
 TIERS = ((0.85, "excellent"), (0.70, "good"), (0.50, "acceptable"), (0.30, "poor"), (0.0, "unusable"))
 
@@ -40,6 +42,22 @@ class QualityScore:
             "details": self.details,
             "scorer": self.scorer,
         }
+
+
+def clip_score(cosine: float, w: float = CLIPSCORE_W) -> float:
+    return w * max(float(cosine), 0.0)
+
+
+def alignment_from_clipscore(score: float, cos_low: float, cos_high: float, w: float = CLIPSCORE_W) -> float:
+    """Calibration: CLIPScore is mapped linearly so that w*cos_low (what unrelated image/prompt
+    pairs reach on the scorer's model) is 0 and w*cos_high (a good match) is 1, clipped."""
+    low, high = w * cos_low, w * cos_high
+    return min(1.0, max(0.0, (score - low) / (high - low)))
+
+
+def aesthetic_from_predictor(rating: float) -> float:
+    """The LAION aesthetic predictor rates 1..10; 1 -> 0 and 10 -> 1, clipped."""
+    return min(1.0, max(0.0, (float(rating) - 1.0) / 9.0))
 
 
 def effective_weights(detailed: dict[str, float | None]) -> dict[str, float]:

@@ -52,6 +52,7 @@ class GenerationRequest(BaseModel):
     config: Path | None = Field(None, description="models.yaml in use; None is the bundled one.")
     upload_uri: str | None = Field(None, description="gs://bucket/prefix to upload images to; None: configs/output.yaml.")
     signed_urls: bool | None = Field(None, description="Signed instead of public URLs; None: configs/output.yaml.")
+    scorer: str | None = Field(None, description="CLIP scorer id from configs/scoring.yaml, or none; None: its default.")
     debug: bool = False
 
     @property
@@ -97,6 +98,7 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         "address": (get("address") or "").strip() or None,
         "config": registry.path,
         "upload_uri": parse_upload_uri(get("upload_uri")),
+        "scorer": parse_scorer(get("scorer")),
         "signed_urls": None if not (get("signed_urls") or "").strip()
         else parse_bool_flag(get("signed_urls"), flag="--signed-urls", code="IMG_026"),
         "debug": parse_bool_flag(get("debug"), flag="--debug", code="IMG_011"),
@@ -139,6 +141,17 @@ def parse_folder(value: str | None, cwd: Path) -> Path:
     if folder.exists() and not folder.is_dir():
         raise ImageGenError("IMG_016", f"--folder-name {text!r} exists and is not a folder.")
     return folder
+
+
+def parse_scorer(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    from models.scorers import NO_SCORER, load_scoring
+
+    name = value.strip()
+    if name != NO_SCORER:
+        load_scoring().get(name)  # IMG_027 for an unknown id
+    return name
 
 
 def parse_upload_uri(value: str | None) -> str | None:

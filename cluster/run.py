@@ -27,14 +27,15 @@ from cluster.replicas import ReplicaPool
 from cluster.report import FinalImage, RunOutcome
 from cluster.retry import ABORT_CODES, RetryPolicy
 from cluster.scheduler import ScheduleResult, Scheduler
-from cluster.scoring import Scorer, WeightFreeScorer
+from cluster.quality import QualityScore
+from cluster.scoring import Scorer, WeightFreeScorer, make_scorer
 from cluster.strategies import SequentialSource, StaticSource
 from cluster.request import GenerationRequest
-from cluster.work import GeneratedImage
 from cluster.uploader import GcsUploader, UploadConfig, load_upload_config
 from cluster.writer import PRIMARY_NAME, WrittenRun, display_path, file_url, primary_url_of, write_run
 from models import availability
 from models.registry import ModelSpec, Registry
+from models.scorers import ScoringConfig, load_scoring
 
 
 @dataclass
@@ -71,6 +72,7 @@ def run_generation(
     events: Events | None = None,
     stop: threading.Event | None = None,
     scorer: Scorer | None = None,
+    scoring: ScoringConfig | None = None,
     base_seed: int | None = None,
     upload_config: UploadConfig | None = None,
 ) -> RunResult:
@@ -89,37 +91,31 @@ def run_generation(
     )
     events.emit("run_started", images=plan.total, models=",".join(plan.models), strategy=plan.strategy)
 
-    scorer = scorer or WeightFreeScorer()
-
-    def score_one(image: GeneratedImage) -> float:
-        return scorer.score([image])[0].overall
-
     schedule = ScheduleResult()
     replicas: dict = {}
     cluster_info: dict = {}
+    scores: list[QualityScore] = []
+    scorer_info: dict = {}
     error: ImageGenError | None = None
     try:
         with RayRuntime(request.address, request.debug) as runtime:
             cluster_info = {"address": request.address or "embedded", "embedded": runtime.embedded}
-            fallback_specs = _fallback_specs(plan, registry)
-            specs = {**{s.id: s for s in fallback_specs}, **plan.specs}
             pool = ReplicaPool(limits, request.max_parallel, events)
+            # the scorer loads while the models load and generate
+            run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events)
             try:
-                scheduler = Scheduler(
-                    pool, specs, limits, request.max_parallel,
-                    RetryPolicy(limits.scheduler, [s.id for s in fallback_specs]),
-                    events,
-                    score=score_one,
-                    resolve_fallback=lambda task, model: retarget(task, registry.get(model), request),
-                    stop=stop,
-                    planned=_planned_counts(plan),
-                )
-                source = SequentialSource(plan.tasks) if plan.strategy == "sequential" else StaticSource(plan.tasks)
-                schedule = scheduler.run(source)
+                schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop)
                 replicas = pool.collect_infos()
                 cluster_info["nodes"] = len(pool.nodes)
             finally:
                 pool.release()
+            try:
+                schedule.images.sort(key=lambda i: i.task.index)
+                scores = run_scorer.score(schedule.images)
+                scorer_info = run_scorer.describe()
+            finally:
+                if scorer is None:
+                    run_scorer.release()
     except ImageGenError as exc:
         error = exc
     if error is None:
@@ -128,7 +124,11 @@ def run_generation(
         last = schedule.failures[-1]
         error = ImageGenError(last.code, f"no image was made: {last.message}")
 
-    outcome = _outcome(request, plan, schedule, scorer, replicas, error, started, started_at, cluster_info)
+    if len(scores) != len(schedule.images):  # the scorer could not run (e.g. Ray went away)
+        fallback = WeightFreeScorer("the scoring stage did not complete")
+        scores, scorer_info = fallback.score(schedule.images), fallback.describe()
+    outcome = _outcome(request, plan, schedule, scores, scorer_info, replicas, error, started, started_at,
+                       cluster_info)
     events.emit("scored", images=len(outcome.images), primary=outcome.primary)
     upload_config = _upload_config(request, upload_config)
     if upload_config.uri and outcome.images:
@@ -187,6 +187,23 @@ def _upload(outcome: RunOutcome, config: UploadConfig, events: Events) -> None:
                        "with file:// URLs.")
 
 
+def _schedule(request, registry, limits, plan, pool, scorer, events, stop) -> ScheduleResult:
+    fallback_specs = _fallback_specs(plan, registry)
+    specs = {**{s.id: s for s in fallback_specs}, **plan.specs}
+    scheduler = Scheduler(
+        pool, specs, limits, request.max_parallel,
+        RetryPolicy(limits.scheduler, [s.id for s in fallback_specs]),
+        events,
+        score=lambda image: scorer.score([image])[0].overall,
+        resolve_fallback=lambda task, model: retarget(task, registry.get(model), request),
+        stop=stop,
+        planned=_planned_counts(plan),
+    )
+    # comparison mode keeps one prompt for every model, so sequential variations are off there
+    sequential = plan.strategy == "sequential" and not request.enable_comparison
+    return scheduler.run(SequentialSource(plan.tasks) if sequential else StaticSource(plan.tasks))
+
+
 def _planned_counts(plan: Plan) -> dict[str, int]:
     counts: dict[str, int] = {}
     for task in plan.tasks:
@@ -202,10 +219,9 @@ def _fallback_specs(plan: Plan, registry: Registry) -> list[ModelSpec]:
     return sorted(candidates, key=lambda s: (-s.speed, s.id not in plan.specs, s.id))
 
 
-def _outcome(request, plan, schedule: ScheduleResult, scorer: Scorer, replicas, error, started, started_at,
-             cluster_info) -> RunOutcome:
-    images = sorted(schedule.images, key=lambda i: i.task.index)
-    scores = scorer.score(images) if images else []
+def _outcome(request, plan, schedule: ScheduleResult, scores: list[QualityScore], scorer_info: dict, replicas,
+             error, started, started_at, cluster_info) -> RunOutcome:
+    images = schedule.images
     finals = [
         FinalImage(position, image, score, image.remote_url or file_url(request.folder_name, position))
         for position, (image, score) in enumerate(zip(images, scores))
@@ -246,7 +262,7 @@ def _outcome(request, plan, schedule: ScheduleResult, scorer: Scorer, replicas, 
         degradations=degradations,
         quality_relaxed=relaxed,
         effective_threshold=round(effective, 4),
-        scorer=scorer.describe(),
+        scorer=scorer_info,
         error=error,
         stopped=schedule.stopped,
         cluster=cluster_info,

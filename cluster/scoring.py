@@ -1,4 +1,10 @@
-"""The scoring stage: every finished image gets a `QualityScore` before anything is written."""
+"""The scoring stage: every finished image gets a `QualityScore` before anything is written.
+
+`ActorScorer` runs the CLIP scorer actor (GPU-resident on a GPU cluster, a fractional
+card is enough; CPU otherwise). When the configured CLIP weights are not on this machine,
+or the scorer fails to load, the run falls back to `WeightFreeScorer` and the report
+records why: alignment and aesthetics are then "unavailable", never invented.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,21 @@ from typing import Protocol
 
 import numpy as np
 
+from cluster import env
+from cluster.events import Events
+from cluster.placement import GPU_MEMORY_RESOURCE, NodeCapacity, smallest_card_gb, uses_gpus
 from cluster.png import decode
 from cluster.quality import QualityScore, weight_free_score
 from cluster.work import GeneratedImage
+from models.scorers import NO_SCORER, ScorerSpec, ScoringConfig
 
 
 class Scorer(Protocol):
     def score(self, images: list[GeneratedImage]) -> list[QualityScore]: ...
 
     def describe(self) -> dict: ...
+
+    def release(self) -> None: ...
 
 
 class WeightFreeScorer:
@@ -32,3 +44,84 @@ class WeightFreeScorer:
 
     def describe(self) -> dict:
         return {"name": "weight-free", "weights": "none", "note": self.reason}
+
+    def release(self) -> None:
+        pass
+
+
+class ActorScorer:
+    """Scores through the CLIP scorer actor; loads in the background from construction on."""
+
+    def __init__(self, spec: ScorerSpec, nodes: list[NodeCapacity], events: Events | None = None, actor=None):
+        from actors.scorer_actor import ScorerActor
+
+        self.spec = spec
+        self.events = events or Events()
+        self.owned = actor is None
+        self.actor = actor or ScorerActor.options(**self.actor_options(spec, nodes)).remote(spec, str(env.cache_dir()))
+        self._load_ref = self.actor.load.remote()
+        self._info: dict | None = None
+        self._fallback: WeightFreeScorer | None = None
+
+    @staticmethod
+    def actor_options(spec: ScorerSpec, nodes: list[NodeCapacity]) -> dict:
+        options: dict = {"num_cpus": spec.cpus, "max_restarts": 1, "max_concurrency": 2}
+        if uses_gpus(nodes):
+            card = smallest_card_gb(nodes)
+            fraction = spec.gpus if not card else min(1.0, max(spec.gpus, spec.gpu_memory_gb / card))
+            options["num_gpus"] = round(fraction, 4)
+            if card:
+                options["resources"] = {GPU_MEMORY_RESOURCE: spec.gpu_memory_gb}
+        return options
+
+    def _ready(self) -> bool:
+        import ray
+
+        if self._info is None and self._fallback is None:
+            try:
+                self._info = ray.get(self._load_ref)
+                self.events.emit("scorer_loaded", scorer=self.spec.id, seconds=self._info.get("load_seconds"),
+                                 device=self._info.get("device"))
+            except Exception as exc:  # noqa: BLE001 - a scorer that cannot load leaves weight-free scores
+                reason = f"CLIP scorer {self.spec.id!r} failed to load: {' '.join(str(exc).split())[:300]}"
+                self._fallback = WeightFreeScorer(reason)
+                self.events.emit("scorer_failed", scorer=self.spec.id, message=reason)
+        return self._fallback is None
+
+    def score(self, images: list[GeneratedImage]) -> list[QualityScore]:
+        import ray
+
+        from actors.clip_scorer import ScoreItem
+
+        if not images:
+            return []
+        if not self._ready():
+            return self._fallback.score(images)
+        items = [ScoreItem(i.png, i.task.prompt, i.task.width, i.task.height, i.nonfinite_fraction) for i in images]
+        return ray.get(self.actor.score.remote(items))
+
+    def describe(self) -> dict:
+        if self._fallback is not None:
+            return self._fallback.describe()
+        return dict(self._info or {"name": self.spec.id, "weights": self.spec.weights})
+
+    def release(self) -> None:
+        import ray
+
+        if self.owned:
+            try:
+                ray.kill(self.actor)
+            except Exception:  # noqa: BLE001 - already gone with the cluster
+                pass
+
+
+def make_scorer(name: str | None, config: ScoringConfig, nodes: list[NodeCapacity], events: Events | None = None) -> Scorer:
+    """The scorer a run uses: `name` (or the config's default), or weight-free with the reason."""
+    name = name or config.default
+    if name == NO_SCORER:
+        return WeightFreeScorer("scoring without a CLIP model (--scorer none)")
+    spec = config.get(name)
+    missing = spec.missing_weights()
+    if missing:
+        return WeightFreeScorer(missing)
+    return ActorScorer(spec, nodes, events)

@@ -57,19 +57,23 @@ def check(spec: ModelSpec) -> Availability:
     )
 
 
-def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The cached snapshot folder of a diffusers repo, or None; never touches the network."""
+def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """A file of a repo in the local Hugging Face cache, or None; never touches the network."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers
         return None
     try:
-        found = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
     except Exception:  # malformed repo ids are simply "not cached"
         return None
-    if isinstance(found, str):
-        return Path(found).parent
-    return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot folder of a diffusers repo, or None."""
+    index = hub_file(repo_id, "model_index.json", revision)
+    return index.parent if index is not None else None
 
 
 def _check_factory(spec: ModelSpec) -> Availability:

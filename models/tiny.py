@@ -162,3 +162,40 @@ def _build_tiny_sd():
         vae=vae, text_encoder=_clip_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def tiny_clip_dir(cache_root: Path) -> Path:
+    """An open_clip `local-dir:` model (config + safetensors) with tiny towers and random weights.
+    Its tokenizer is open_clip's bundled BPE vocabulary, so nothing is fetched."""
+    target = cache_root / "tiny" / f"tiny-clip-{TINY_VERSION}"
+    if (target / "open_clip_config.json").is_file():
+        return target
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=target.parent))
+    try:
+        torch.manual_seed(0)
+        model = CLIP(**TINY_CLIP_CONFIG)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(scratch / "open_clip_model.safetensors"))
+        (scratch / "open_clip_config.json").write_text(json.dumps({
+            "model_cfg": TINY_CLIP_CONFIG,
+            "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+        }))
+        try:
+            os.rename(scratch, target)
+        except OSError:
+            if not (target / "open_clip_config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

@@ -8,7 +8,9 @@ manifests share one set of rules and messages.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -81,11 +83,41 @@ def _generate(args: argparse.Namespace) -> int:
     raw["debug"] = "true" if args.debug else None
     request = parse_request(raw, registry)
 
-    result = run_generation(request, registry, limits, events=Events(plain_lines()))
+    with StopOnSignal() as stop:
+        result = run_generation(request, registry, limits, events=Events(plain_lines()), stop=stop.event)
     _print_summary(result)
     if result.outcome.error is not None and result.exit_code != 0:
         print(f"error {result.outcome.error.code}: {result.outcome.error.message}", file=sys.stderr)
+    if stop.signal == signal.SIGTERM:
+        return 143
     return result.exit_code
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM ask the run to stop: no new work, finished images kept, a consistent partial
+    report written, a non-zero exit. A second signal gives up at once (the next run cleans up)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signal = signum
+        self.event.set()
+        print("[multi-image] stopping: writing what is finished (signal again to abort)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _print_summary(result) -> None:

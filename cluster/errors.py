@@ -71,6 +71,15 @@ class ImageGenError(Exception):
         return (type(self), (self.code, self.message, self.retryable))
 
 
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """One line for a report: the original exception inside Ray's wrappers, not their traceback dump."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:limit]
+
+
 def as_image_error(exc: BaseException) -> ImageGenError | None:
     """The ImageGenError inside `exc`, unwrapping Ray's RayTaskError/ActorError."""
     seen = set()

@@ -54,6 +54,7 @@ class SchedulerLimits(BaseModel):
     backoff_base: float = Field(2.0, ge=0)
     backoff_max: float = Field(60.0, ge=0)
     rate_window_seconds: float = Field(60.0, gt=0, description="The window of requests_per_minute.")
+    reduce_count_at: float = Field(0.8, gt=0, le=1, description="Share of total_workflow_timeout after which waiting images are dropped.")
 
 
 class Limits(BaseModel):

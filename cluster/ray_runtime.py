@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 
 from cluster.errors import ImageGenError
@@ -79,6 +81,10 @@ class RayRuntime:
 
         if ray.is_initialized():
             return self
+        # ray.init replaces the driver's SIGTERM handler with sys.exit; the CLI's handler (stop
+        # cleanly, write what is finished) must survive it
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
             if self.address:
                 ray.init(
@@ -97,6 +103,9 @@ class RayRuntime:
                 f"could not connect to {where}: {' '.join(str(exc).split())[:300]}. "
                 "Check `ray status` on the head node and that this machine has the cluster's auth token.",
             ) from None
+        finally:
+            if main_thread and previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
         self.owned = True
         return self
 

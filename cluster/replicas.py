@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import env
-from cluster.errors import ImageGenError, as_image_error
+from cluster.errors import ImageGenError, as_image_error, describe_exception
 from cluster.events import Events
 from cluster.limits import Limits
 from cluster.placement import (
@@ -197,7 +197,7 @@ class ReplicaPool:
         except Exception as exc:  # noqa: BLE001 - any load failure ends this replica
             replica.dead = True
             error = as_image_error(exc) or ImageGenError(
-                "IMG_020", f"model {replica.model!r} replica {replica.name} failed to load: {_one_line(exc)}"
+                "IMG_020", f"model {replica.model!r} replica {replica.name} failed to load: {describe_exception(exc)}"
             )
             group = self.groups[replica.model]
             if not group.usable:
@@ -288,7 +288,4 @@ class ReplicaPool:
         except Exception:  # noqa: BLE001
             pass
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 

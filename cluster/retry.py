@@ -3,12 +3,12 @@
 | code            | response                                          |
 |-----------------|---------------------------------------------------|
 | IMG_006 rate    | same model again after exponential backoff+jitter |
-| IMG_008 network | same model again (the backend already shortened its timeout) |
-| IMG_020 died    | same model again (restarted or another replica)   |
+| IMG_008 network | same model again, with a shorter request timeout  |
+| replica died    | same model again (restarted, or another replica)  |
 | IMG_007 auth    | the run stops: no fallback                        |
 | IMG_005 disk    | the run stops                                     |
 | IMG_023 filtered| the image fails with the filter's reason          |
-| anything else   | the fastest available model not yet tried         |
+| anything else   | the fastest available model not yet tried; with none left, the same model once more for IMG_020 |
 
 After a network error (IMG_008) an image is sent alone, one image per request, with a
 shorter request timeout (the design card's "retry with shorter timeout, then one image").
@@ -27,7 +27,7 @@ from cluster.limits import SchedulerLimits
 from cluster.work import Attempt, ImageTask
 
 ABORT_CODES = {"IMG_007", "IMG_005"}
-SAME_MODEL_CODES = {"IMG_006", "IMG_008", "IMG_020"}
+SAME_MODEL_CODES = {"IMG_006", "IMG_008"}
 # The content itself was refused by the model's safety system: another model is no way around it.
 FINAL_CODES = {"IMG_023"}
 
@@ -71,7 +71,7 @@ class RetryPolicy:
         base = min(self.limits.backoff_max, self.limits.backoff_base * (2 ** max(0, failures - 1)))
         return base * (0.5 + self.rng.random() / 2)  # "equal jitter": never zero, never above the cap
 
-    def decide(self, state: TaskState, code: str, usable: Callable[[str], bool]) -> Decision:
+    def decide(self, state: TaskState, code: str, usable: Callable[[str], bool], replica_died: bool = False) -> Decision:
         if code in ABORT_CODES:
             return Decision("abort")
         if code in FINAL_CODES:
@@ -79,11 +79,13 @@ class RetryPolicy:
         if len(state.attempts) >= self.limits.max_attempts:
             return Decision("fail")
         model = state.task.model
-        if code in SAME_MODEL_CODES and usable(model):
+        if (replica_died or code in SAME_MODEL_CODES) and usable(model):
             same_code_failures = sum(1 for a in state.attempts if a.code == code)
             delay = self.backoff(same_code_failures) if code == "IMG_006" else 0.0
             return Decision("retry", model, delay)
         for candidate in self.fallback_order:
             if candidate not in state.tried_models and usable(candidate):
                 return Decision("fallback", candidate)
+        if code == "IMG_020" and usable(model):  # no alternative: a pipeline error may be transient
+            return Decision("retry", model)
         return Decision("fail")

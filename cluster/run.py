@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from cluster import env
 from cluster.errors import ImageGenError
 from cluster.events import Events
+from cluster.gallery import render_gallery
 from cluster.github_output import append_outputs
 from cluster.limits import Limits
 from cluster.planner import Plan, make_plan, retarget
@@ -104,7 +105,7 @@ def run_generation(
             # the scorer loads while the models load and generate
             run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events)
             try:
-                schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop)
+                schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop, started)
                 replicas = pool.collect_infos()
                 cluster_info["nodes"] = len(pool.nodes)
             finally:
@@ -134,7 +135,7 @@ def run_generation(
     if upload_config.uri and outcome.images:
         _upload(outcome, upload_config, events)
     try:
-        written = write_run(outcome)
+        written = write_run(outcome, gallery=render_gallery)
     except OSError as exc:
         raise ImageGenError("IMG_005", f"writing {request.folder_name} failed ({exc.strerror or exc}); "
                                        "temporary files were removed.") from None
@@ -187,7 +188,7 @@ def _upload(outcome: RunOutcome, config: UploadConfig, events: Events) -> None:
                        "with file:// URLs.")
 
 
-def _schedule(request, registry, limits, plan, pool, scorer, events, stop) -> ScheduleResult:
+def _schedule(request, registry, limits, plan, pool, scorer, events, stop, started: float) -> ScheduleResult:
     fallback_specs = _fallback_specs(plan, registry)
     specs = {**{s.id: s for s in fallback_specs}, **plan.specs}
     scheduler = Scheduler(
@@ -201,7 +202,7 @@ def _schedule(request, registry, limits, plan, pool, scorer, events, stop) -> Sc
     )
     # comparison mode keeps one prompt for every model, so sequential variations are off there
     sequential = plan.strategy == "sequential" and not request.enable_comparison
-    return scheduler.run(SequentialSource(plan.tasks) if sequential else StaticSource(plan.tasks))
+    return scheduler.run(SequentialSource(plan.tasks) if sequential else StaticSource(plan.tasks), started)
 
 
 def _planned_counts(plan: Plan) -> dict[str, int]:

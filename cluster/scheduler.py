@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.errors import ImageGenError, as_image_error
+from cluster.errors import ImageGenError, as_image_error, describe_exception
 from cluster.events import Events
 from cluster.limits import Limits
 from cluster.rate_limit import ModelGate
@@ -39,6 +39,8 @@ from models.registry import ModelSpec
 
 # How often the loop wakes without results, to check deadlines and rate windows.
 TICK_SECONDS = 0.5
+# Seconds an interrupted run waits for cancelled calls before giving up on them.
+INTERRUPT_GRACE = 3.0
 # A remote request's timeout halves after each network error, at most this many times.
 MAX_TIMEOUT_HALVINGS = 3
 
@@ -103,26 +105,34 @@ class Scheduler:
         self._fallback_noted: set[tuple[str, str]] = set()
         self._halt_code = ("IMG_003", "not started")
         self._calls_planned: dict[str, int] = {}
+        self._reduced = False
+        self._done: set[int] = set()
         self._calls_started: dict[str, int] = {}
         self._source: StaticSource | SequentialSource | None = None
         self.planned = dict(planned or {})
 
     # --- entry point ----------------------------------------------------------------
 
-    def run(self, source: StaticSource | SequentialSource) -> ScheduleResult:
+    def run(self, source: StaticSource | SequentialSource, started: float | None = None) -> ScheduleResult:
+        """Run every task `source` gives; `started` is when the run began (the total limit counts from there)."""
         self._source = source
-        run_deadline = self.clock() + self.limits.perf.total_workflow_timeout
+        started = self.clock() if started is None else started
+        total = self.limits.perf.total_workflow_timeout
+        run_deadline = started + total
+        reduce_at = started + total * self.limits.scheduler.reduce_count_at
         while True:
             now = self.clock()
             if not self._halted():
                 if self.stop.is_set():
                     self._halt("interrupted", "IMG_021", "the run was interrupted", now)
                 elif now >= run_deadline:
-                    self._halt("total_timeout", "IMG_003",
-                               f"total_workflow_timeout of {self.limits.perf.total_workflow_timeout:g}s reached", now)
+                    self._halt("total_timeout", "IMG_003", f"total_workflow_timeout of {total:g}s reached", now)
+                elif now >= reduce_at and not self._reduced:
+                    self._reduce_image_count(total)
             if not self._halted():
-                for task in source.take():
-                    self._enqueue(TaskState(task))
+                if not self._reduced or (not self.result.images and not self.calls and not self._queued()):
+                    for task in source.take():
+                        self._enqueue(TaskState(task))
                 self._fail_unservable()
                 self._dispatch(now)
             self._enforce_deadlines(now)
@@ -135,6 +145,27 @@ class Scheduler:
 
     def _halted(self) -> bool:
         return self.result.stopped is not None or self.result.aborted is not None
+
+    def _reduce_image_count(self, total: float) -> None:
+        """The design card's "Reduce Image Count": close to the total limit, images not yet started
+        are dropped, keeping one when nothing has been made and nothing is running."""
+        self._reduced = True
+        waiting = sorted((s for q in self.queues.values() for s in q), key=lambda s: s.task.index)
+        keep = waiting[:1] if not self.result.images and not self.calls else []
+        dropped = [s for s in waiting if s not in keep]
+        if not dropped:
+            return
+        for queue in self.queues.values():
+            queue[:] = [s for s in queue if s in keep]
+        reason = (f"dropped: {self.limits.scheduler.reduce_count_at:.0%} of total_workflow_timeout "
+                  f"({total:g}s) passed with images still waiting")
+        for state in dropped:
+            self._fail(state, "IMG_003", reason)
+        self.result.degradations.append({
+            "strategy": "reduce_image_count", "trigger": "timeout_exceeded", "reason": reason,
+            "images_dropped": len(dropped), "images_made": len(self.result.images),
+        })
+        self.events.emit("degraded", strategy="reduce_image_count", dropped=len(dropped))
 
     # --- queueing and dispatch ------------------------------------------------------
 
@@ -262,7 +293,7 @@ class Scheduler:
             if call.cancelled_at is None:
                 moments.append(call.deadline)
             else:
-                moments.append((call.killed_at or call.cancelled_at) + self.limits.scheduler.cancel_grace)
+                moments.append((call.killed_at or call.cancelled_at) + self._grace())
         for model, queue in self.queues.items():
             for state in queue:
                 if state.not_before > now:
@@ -294,6 +325,10 @@ class Scheduler:
                                  message=image.message, indices=[state.task.index])
                 self._after_failure(state, image.code, image.message)
                 continue
+            if state.task.index in self._done:  # never two files for one image
+                self.events.emit("duplicate_dropped", index=state.task.index, model=call.model)
+                continue
+            self._done.add(state.task.index)
             image.attempts = state.attempts + [Attempt(call.model, call.replica.name, round(elapsed, 3))]
             self.result.images.append(image)
             score = self.score(image) if (self.score and source.wants_scores) else None
@@ -305,15 +340,17 @@ class Scheduler:
         from ray.exceptions import RayActorError
 
         error = as_image_error(exc)
+        died = False
         if call.cancel_code is not None:
             code, message = call.cancel_code, call.cancel_reason
         elif error is not None:
             code, message = error.code, error.message
         elif isinstance(exc, RayActorError):
-            code, message = "IMG_020", f"replica {call.replica.name} died: {_one_line(exc)}"
+            code, message = "IMG_020", f"replica {call.replica.name} died: {describe_exception(exc)}"
+            died = True
             self.pool.on_died(call.replica)
         else:
-            code, message = "IMG_020", f"{call.model} failed: {_one_line(exc)}"
+            code, message = "IMG_020", f"{call.model} failed: {describe_exception(exc)}"
         if code == "IMG_002":
             # the model itself is gone (e.g. a remote model retired): send all its work elsewhere
             group = self.pool.groups.get(call.model)
@@ -323,13 +360,13 @@ class Scheduler:
                          indices=[s.task.index for s in call.states])
         for state in call.states:
             state.attempts.append(Attempt(call.model, call.replica.name, round(elapsed, 3), code, message))
-            self._after_failure(state, code, message)
+            self._after_failure(state, code, message, died)
 
-    def _after_failure(self, state: TaskState, code: str, message: str) -> None:
+    def _after_failure(self, state: TaskState, code: str, message: str, replica_died: bool = False) -> None:
         if self._halted():
             self._fail(state, code, message)
             return
-        decision: Decision = self.retry.decide(state, code, self._usable)
+        decision: Decision = self.retry.decide(state, code, self._usable, replica_died)
         if decision.action == "abort":
             self.result.aborted = ImageGenError(code, message)
             self._fail(state, code, message)
@@ -367,8 +404,13 @@ class Scheduler:
 
     # --- deadlines, halting ---------------------------------------------------------
 
-    def _enforce_deadlines(self, now: float) -> None:
+    def _grace(self) -> float:
+        # an interrupted run is waited for briefly: the user is waiting for the prompt back
         grace = self.limits.scheduler.cancel_grace
+        return min(grace, INTERRUPT_GRACE) if self.result.stopped == "interrupted" else grace
+
+    def _enforce_deadlines(self, now: float) -> None:
+        grace = self._grace()
         for ref, call in list(self.calls.items()):
             if call.cancelled_at is None:
                 if now >= call.deadline:
@@ -401,7 +443,7 @@ class Scheduler:
             if why == "total_timeout":
                 self.result.degradations.append({
                     "strategy": "reduce_image_count", "trigger": "timeout_exceeded",
-                    "reason": reason, "images_kept": len(self.result.images),
+                    "reason": reason, "images_made": len(self.result.images),
                 })
             self.events.emit("run_halted", why=why, reason=reason)
         for call in self.calls.values():
@@ -434,6 +476,3 @@ def _same_call(a: ImageTask, b: ImageTask, spec: ModelSpec) -> bool:
         same = same and a.prompt == b.prompt  # one API request carries one prompt
     return same
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]

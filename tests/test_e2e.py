@@ -44,6 +44,8 @@ def test_single_image_legacy_interface(tmp_path, monkeypatch):
     assert (params["model"], params["seed"], params["steps"]) == ("tiny-flux", 3, 2)
     report = read_json(folder / "metadata/generation-report.json")
     assert report["generation_summary"]["weights"] == "random"
+    gallery = (folder / "gallery.html").read_text()
+    assert gallery.count('class="card') == 1 and "images/generated-image-1.png" in gallery
     assert report["models"]["tiny-flux"]["replicas"][0]["device"] == "cpu"
     assert report["models"]["tiny-flux"]["load_time_seconds"] > 0
 

@@ -109,7 +109,7 @@ def test_total_timeout_stops_cleanly_with_what_it_has(tmp_path):
     # the total limit counts from the start of the run, replica start-up included
     registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 1.5}}})
     request = make_request(registry, tmp_path, models="local", image_count=6, max_parallel=1)
-    result = run_generation(request, registry, quick_limits(total_workflow_timeout=8.0))
+    result = run_generation(request, registry, quick_limits(total_workflow_timeout=8.0, reduce_count_at=1.0))
     made = len(result.outcome.images)
     assert 1 <= made < 6
     assert len(result.outcome.failures) == 6 - made
@@ -118,6 +118,20 @@ def test_total_timeout_stops_cleanly_with_what_it_has(tmp_path):
     assert report["generation_summary"]["stopped"] == "total_timeout"
     assert report["generation_summary"]["status"] == "partial"
     assert any(d["strategy"] == "reduce_image_count" for d in report["degradations"])
+
+
+def test_close_to_the_total_limit_waiting_images_are_dropped(tmp_path):
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 1.0}}})
+    request = make_request(registry, tmp_path, models="local", image_count=8, max_parallel=1)
+    result = run_generation(request, registry, quick_limits(total_workflow_timeout=30.0, reduce_count_at=0.15))
+    made = len(result.outcome.images)
+    assert 1 <= made < 8
+    dropped = [f for f in result.outcome.failures if f.message.startswith("dropped")]
+    assert dropped and all(f.code == "IMG_003" for f in dropped)
+    report = read_json(tmp_path / "out/metadata/generation-report.json")
+    assert report["generation_summary"]["stopped"] is None  # it finished well before the limit
+    (degradation,) = [d for d in report["degradations"] if d["strategy"] == "reduce_image_count"]
+    assert degradation["images_dropped"] == len(dropped)
 
 
 def test_disk_space_limit_is_checked_before_anything_runs(tmp_path):

@@ -8,6 +8,7 @@ manifests share one set of rules and messages.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -59,13 +60,48 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml (default: configs/limits.yaml).")
     for flag, _, help_text in LIMIT_FLAGS:
         gen.add_argument(flag, default=None, metavar="VALUE", help=help_text)
+    gen.add_argument("--history-db", default=None, metavar="FILE",
+                     help="Run history (SQLite); default $KAMUI_HISTORY_DB or ~/.cache/kamui-multi-image/history.sqlite.")
+    gen.add_argument("--json", action="store_true", help="Print events and the summary as JSON lines on stdout.")
     gen.add_argument("--debug", action="store_true", help="Show Ray's logs and tracebacks.")
     gen.set_defaults(handler=_generate)
+
+    hist = sub.add_parser("history", help="Per-model summary of earlier runs.",
+                          description="Per-model summary of earlier runs (most recent 50 runs per model).")
+    hist.add_argument("--history-db", default=None, metavar="FILE", help="The history file (default as for generate).")
+    hist.add_argument("--json", action="store_true", help="Print the summary as JSON.")
+    hist.set_defaults(handler=_history)
     return parser
 
 
+def _history(args: argparse.Namespace) -> int:
+    from cluster.history import History
+
+    history = History(args.history_db)
+    summary = history.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    if not summary:
+        print(f"no runs recorded yet in {history.path}")
+        return 0
+    header = ("model", "runs", "images", "failed", "success", "s/image", "quality", "cost USD")
+    rows = [(key, str(r["runs"]), str(r["images"]), str(r["failed"]),
+             "—" if r["success_rate"] is None else f"{r['success_rate'] * 100:.0f}%",
+             "—" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.2f}",
+             "—" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}", f"{r['cost_usd']:.4f}")
+            for key, r in summary.items()]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    print(f"\n{history.path}")
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
-    from cluster.events import Events, plain_lines
+    from cluster.events import Events
+    from cluster.progress import choose_sinks
+    from cluster.history import History
     from cluster.limits import load_limits
     from cluster.request import parse_request
     from cluster.run import run_generation
@@ -84,8 +120,13 @@ def _generate(args: argparse.Namespace) -> int:
     request = parse_request(raw, registry)
 
     with StopOnSignal() as stop:
-        result = run_generation(request, registry, limits, events=Events(plain_lines()), stop=stop.event)
-    _print_summary(result)
+        result = run_generation(request, registry, limits, events=Events(*choose_sinks(args.json)), stop=stop.event,
+                                history=History(args.history_db))
+    if args.json:
+        print(json.dumps({"event": "summary", "status": result.outcome.status, "exit_code": result.exit_code,
+                          "outputs": result.outputs}, ensure_ascii=False), flush=True)
+    else:
+        _print_summary(result)
     if result.outcome.error is not None and result.exit_code != 0:
         print(f"error {result.outcome.error.code}: {result.outcome.error.message}", file=sys.stderr)
     if stop.signal == signal.SIGTERM:

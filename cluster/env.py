@@ -16,6 +16,11 @@ def cache_dir() -> Path:
     return Path(base) / "kamui-multi-image"
 
 
+def history_path() -> Path | None:
+    value = os.environ.get("KAMUI_HISTORY_DB")
+    return Path(value).expanduser() if value else None
+
+
 def github_output_path() -> Path | None:
     value = os.environ.get("GITHUB_OUTPUT")
     return Path(value) if value else None

@@ -63,6 +63,7 @@ class RunOutcome:
     folder_display: str = ""
     primary_url: str | None = None  # set when the primary copy was uploaded
     upload: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)  # per-model summary of earlier runs (cluster.history)
 
     @property
     def completed(self) -> bool:
@@ -299,6 +300,15 @@ def comparison_markdown(outcome: RunOutcome, comparison: dict[str, Any]) -> str:
         lines += ["", "## Failed generations", ""]
         for f in outcome.failures:
             lines.append(f"- planned #{f.task.index} on {f.task.model}: `{f.code}` {_md_escape(f.message)}")
+    tested = set(comparison["models_tested"])
+    past = {k: v for k, v in outcome.history.items() if v["model"] in tested}
+    if past:
+        lines += ["", "## History (earlier runs, most recent 50 per model)", "",
+                  "| Model | Runs | Images | Failed | Success rate | Seconds / image | Mean quality | Cost (USD) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for key, row in past.items():
+            lines.append(f"| {key} | {row['runs']} | {row['images']} | {row['failed']} | {_pct(row['success_rate'])} | "
+                         f"{_num(row['seconds_per_image'])} | {_num(row['mean_quality'])} | {row['cost_usd']:.4f} |")
     if outcome.scorer.get("weights") == "random" or any(f.image.weights == "random" for f in outcome.images):
         lines += ["", "_Made or scored with random-weight test models: the scores say nothing about real quality._"]
     return "\n".join(lines) + "\n"

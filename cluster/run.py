@@ -10,6 +10,7 @@ what happened; the exit status is 0 when at least one image was made.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from cluster.errors import ImageGenError
 from cluster.events import Events
 from cluster.gallery import render_gallery
 from cluster.github_output import append_outputs
+from cluster.history import History
 from cluster.limits import Limits
+from cluster.metrics import RayMetricsSink, run_metrics
 from cluster.planner import Plan, make_plan, retarget
 from cluster.preflight import check_disk_space, check_folder_owned, clean_stale_staging, estimate_bytes
 from cluster.ray_runtime import RayRuntime
@@ -76,6 +79,7 @@ def run_generation(
     scoring: ScoringConfig | None = None,
     base_seed: int | None = None,
     upload_config: UploadConfig | None = None,
+    history: History | None = None,
 ) -> RunResult:
     events = events or Events()
     started = time.monotonic()
@@ -84,13 +88,15 @@ def run_generation(
     # --- preflight: nothing is written if any of this fails ---
     check_folder_owned(request.folder_name)
     clean_stale_staging(request.folder_name)
-    plan = make_plan(request, registry, base_seed=base_seed)
-    check_disk_space(
+    history = history or History()
+    plan = make_plan(request, registry, history=_safe(history.score), base_seed=base_seed)
+    free_bytes = check_disk_space(
         request.folder_name,
         estimate_bytes([t.width * t.height for t in plan.tasks]),
         limits.perf.disk_space_limit,
     )
-    events.emit("run_started", images=plan.total, models=",".join(plan.models), strategy=plan.strategy)
+    events.emit("run_started", images=plan.total, models=",".join(plan.models), strategy=plan.strategy,
+                planned=_planned_counts(plan))
 
     schedule = ScheduleResult()
     replicas: dict = {}
@@ -101,6 +107,7 @@ def run_generation(
     try:
         with RayRuntime(request.address, request.debug) as runtime:
             cluster_info = {"address": request.address or "embedded", "embedded": runtime.embedded}
+            metrics_sink = _ray_metrics_sink(events)
             pool = ReplicaPool(limits, request.max_parallel, events)
             # the scorer loads while the models load and generate
             run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events)
@@ -117,6 +124,8 @@ def run_generation(
             finally:
                 if scorer is None:
                     run_scorer.release()
+                if metrics_sink in events.sinks:
+                    events.sinks.remove(metrics_sink)
     except ImageGenError as exc:
         error = exc
     if error is None:
@@ -131,6 +140,9 @@ def run_generation(
     outcome = _outcome(request, plan, schedule, scores, scorer_info, replicas, error, started, started_at,
                        cluster_info)
     events.emit("scored", images=len(outcome.images), primary=outcome.primary)
+    outcome.history = _safe(history.summary)() or {}
+    outcome.metrics = run_metrics(outcome, schedule.max_in_flight, schedule.calls,
+                                  {s.id for s in registry if not s.is_local}, free_bytes)
     upload_config = _upload_config(request, upload_config)
     if upload_config.uri and outcome.images:
         _upload(outcome, upload_config, events)
@@ -140,12 +152,34 @@ def run_generation(
         raise ImageGenError("IMG_005", f"writing {request.folder_name} failed ({exc.strerror or exc}); "
                                        "temporary files were removed.") from None
     outputs = step_outputs(outcome, written)
+    if _safe(history.record)(outcome) is None:
+        events.emit("history_not_recorded", path=str(history.path))
     github_output = env.github_output_path()
     if github_output is not None:
         append_outputs(github_output, outputs)
     events.emit("run_finished", status=outcome.status, images=len(outcome.images),
                 failed=len(outcome.failures), seconds=round(outcome.total_seconds, 2))
     return RunResult(outcome, written, outputs, events)
+
+
+def _safe(fn):
+    """History is a convenience: a locked or corrupt file must never fail a run."""
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, sqlite3.Error, ValueError):
+            return None
+    return call
+
+
+def _ray_metrics_sink(events: Events):
+    """Prometheus metrics through Ray, when the cluster exports them; a run never fails for them."""
+    try:
+        sink = RayMetricsSink()
+    except Exception:  # noqa: BLE001 - e.g. a Ray build without the metrics agent
+        return None
+    events.sinks.append(sink)
+    return sink
 
 
 def _upload_config(request: GenerationRequest, config: UploadConfig | None) -> UploadConfig:

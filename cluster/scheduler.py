@@ -216,7 +216,7 @@ class Scheduler:
         self.result.calls += 1
         self.result.max_in_flight = max(self.result.max_in_flight, len(self.calls))
         self.events.emit("call_started", model=model, replica=replica.name, images=len(tasks),
-                         indices=[t.index for t in tasks], in_flight=len(self.calls))
+                         indices=[t.index for t in tasks], in_flight=len(self.calls), queued=self._queued())
         return True
 
     def _pick_replica(self, group: ModelGroup) -> Replica | None:
@@ -313,6 +313,8 @@ class Scheduler:
         call.replica.busy_seconds += elapsed
         call.replica.calls += 1
         self.gates[call.model].finished()
+        self.events.emit("call_finished", model=call.model, replica=call.replica.name, seconds=round(elapsed, 3),
+                         in_flight=len(self.calls), queued=self._queued())
         try:
             results: list[GeneratedImage | FailedImage] = ray.get(call.ref)
         except Exception as exc:  # noqa: BLE001 - every failure is classified below
@@ -385,6 +387,8 @@ class Scheduler:
                     "to_model": decision.model, "reason": message,
                 })
                 self.events.emit("fallback", from_model=state.task.model, to_model=decision.model, code=code)
+            self.events.emit("image_moved", index=state.task.index, from_model=state.task.model,
+                             to_model=decision.model)
             state.task = new_task
         state.not_before = self.clock() + decision.delay
         state.priority = -len(state.attempts)

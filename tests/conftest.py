@@ -13,6 +13,7 @@ SESSION_CPUS = 8
 # gpu_memory_gb resource are exercised exactly as on a GPU node.
 SESSION_GPUS = 2
 SESSION_CARD_GB = 24
+SESSION_INFO: dict = {}
 
 _CLEARED = (
     "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS",
@@ -28,6 +29,8 @@ def pytest_configure(config):
     os.environ["KAMUI_CACHE_DIR"] = str(cache)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # export Ray metrics every second (default 10 s) so the Prometheus test need not wait long
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     for name in _CLEARED:
         os.environ.pop(name, None)
     # keep the Hugging Face cache of the machine out of availability checks
@@ -38,6 +41,7 @@ def pytest_configure(config):
 def _clean_env(monkeypatch, tmp_path):
     for name in _CLEARED:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAMUI_HISTORY_DB", str(tmp_path / "history.sqlite"))
     monkeypatch.chdir(tmp_path)
 
 
@@ -52,7 +56,7 @@ def ray_session():
     from cluster.ray_runtime import NAMESPACE
 
     if not ray.is_initialized():
-        ray.init(num_cpus=SESSION_CPUS, num_gpus=SESSION_GPUS,
+        SESSION_INFO["context"] = ray.init(num_cpus=SESSION_CPUS, num_gpus=SESSION_GPUS,
                  resources={GPU_MEMORY_RESOURCE: SESSION_GPUS * SESSION_CARD_GB},
                  include_dashboard=False, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     yield ray

@@ -1,0 +1,124 @@
+"""How a run shows itself while it works: a live display on a terminal, one plain line per
+event in CI logs, JSON lines with --json. All three read the same event stream."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from cluster.events import Sink, plain_lines
+
+
+@dataclass
+class ModelProgress:
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    state: str = "waiting"
+    seconds: list[float] = field(default_factory=list)
+
+
+class ProgressState:
+    """Per-model counts folded from events: done/total, running, ETA."""
+
+    def __init__(self):
+        self.models: dict[str, ModelProgress] = {}
+        self.started = time.monotonic()
+        self.finished: dict | None = None
+
+    def model(self, name: str) -> ModelProgress:
+        return self.models.setdefault(name, ModelProgress())
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "run_started":
+            for name, count in (event.get("planned") or {}).items():
+                self.model(name).total = count
+        elif kind == "model_loading":
+            self.model(event["model"]).state = "loading"
+        elif kind == "model_loaded":
+            self.model(event["model"]).state = "ready"
+        elif kind in ("model_load_failed", "model_unplaceable"):
+            self.model(event["model"]).state = f"error {event.get('code')}"
+        elif kind == "call_started":
+            self.model(event["model"]).running += int(event.get("images", 1))
+        elif kind == "image_done":
+            progress = self.model(event["model"])
+            progress.done += 1
+            progress.running = max(0, progress.running - 1)
+            progress.seconds.append(float(event.get("seconds") or 0.0))
+        elif kind == "call_failed":
+            progress = self.model(event["model"])
+            progress.running = max(0, progress.running - len(event.get("indices") or [1]))
+        elif kind == "image_failed":
+            self.model(event["model"]).failed += 1
+        elif kind == "image_moved":
+            self.model(event["from_model"]).total -= 1
+            self.model(event["to_model"]).total += 1
+        elif kind == "run_finished":
+            self.finished = event
+
+    def eta_seconds(self, name: str) -> float | None:
+        progress = self.models[name]
+        remaining = progress.total - progress.done - progress.failed
+        if remaining <= 0:
+            return 0.0
+        if not progress.done:
+            return None
+        elapsed = time.monotonic() - self.started
+        return elapsed / (progress.done + progress.failed) * remaining
+
+
+def rich_display(stream: TextIO | None = None):
+    """A live table (per model: state, done/total, running, failed, ETA) on a terminal."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    state = ProgressState()
+    console = Console(file=stream or sys.stderr)
+    live = Live(console=console, refresh_per_second=4, transient=False)
+
+    def render() -> Table:
+        table = Table(title="multi-image", expand=False)
+        for column in ("model", "state", "done", "running", "failed", "ETA"):
+            table.add_column(column, justify="left" if column in ("model", "state") else "right")
+        for name, progress in state.models.items():
+            eta = state.eta_seconds(name)
+            table.add_row(name, progress.state, f"{progress.done}/{progress.total}", str(progress.running),
+                          str(progress.failed), "—" if eta is None else f"{eta:.0f}s")
+        return table
+
+    def sink(event: dict[str, Any]) -> None:
+        state.apply(event)
+        if event["event"] == "run_started":
+            live.start()
+        live.update(render(), refresh=True)
+        if event["event"] == "run_finished":
+            live.stop()
+
+    sink.state = state  # type: ignore[attr-defined]
+    sink.live = live  # type: ignore[attr-defined]
+    return sink
+
+
+def json_lines(stream: TextIO | None = None) -> Sink:
+    """One JSON object per event on stdout, for machines."""
+
+    def sink(event: dict[str, Any]) -> None:
+        print(json.dumps(event, default=str, ensure_ascii=False), file=stream or sys.stdout, flush=True)
+
+    return sink
+
+
+def choose_sinks(json_mode: bool, stream: TextIO | None = None) -> list[Sink]:
+    if json_mode:
+        return [json_lines()]
+    err = stream or sys.stderr
+    if err.isatty():
+        return [rich_display(err)]
+    return [plain_lines(err)]

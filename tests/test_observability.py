@@ -1,0 +1,135 @@
+"""Progress output, the report's metrics, Prometheus metrics through Ray, and the run history."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from cluster.cli import main
+from cluster.history import MIN_RUNS_FOR_RANKING, History
+from cluster.progress import ProgressState
+from cluster.run import run_generation
+from models.prompt_analysis import analyze_prompt
+from models.selection import select_models
+from tests.conftest import SESSION_INFO
+from tests.helpers import generated, make_request, outcome_for, quick_limits, read_json, scripted_registry
+
+
+def test_progress_state_counts_per_model_and_estimates():
+    state = ProgressState()
+    events = [
+        {"event": "run_started", "planned": {"a": 3, "b": 1}},
+        {"event": "model_loading", "model": "a"},
+        {"event": "model_loaded", "model": "a"},
+        {"event": "call_started", "model": "a", "images": 2},
+        {"event": "image_done", "model": "a", "seconds": 1.0},
+        {"event": "call_failed", "model": "b", "indices": [3]},
+        {"event": "image_moved", "index": 3, "from_model": "b", "to_model": "a"},
+    ]
+    for event in events:
+        state.apply(event)
+    a, b = state.models["a"], state.models["b"]
+    assert (a.total, a.done, a.running, a.state) == (4, 1, 1, "ready")
+    assert b.total == 0
+    assert state.eta_seconds("a") is not None and state.eta_seconds("b") == 0.0
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_json_mode_prints_machine_readable_events(tmp_path, capsys):
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})
+    code = main(["generate", "--image-prompt", "a fox", "--folder-name", "out", "--models", "local",
+                 "--image-count", "2", "--config", str(registry.path), "--json"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = [line["event"] for line in lines]
+    assert kinds[0] == "run_started" and kinds[-1] == "summary"
+    assert kinds.count("image_done") == 2 and "run_finished" in kinds
+    assert lines[-1]["outputs"]["images-completed"] == "2"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_plain_lines_without_a_tty(tmp_path, capsys):
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})
+    assert main(["generate", "--image-prompt", "a fox", "--folder-name", "out", "--models", "local",
+                 "--config", str(registry.path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("[multi-image] image_done index=0 model=local") for line in err)
+    assert all(line.startswith("[multi-image] ") for line in err)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_metrics_in_the_report_and_in_prometheus(tmp_path):
+    registry = scripted_registry(tmp_path, {
+        "metric-model": {"script": {"latency": 0.05, "fail_calls": [2], "fail_code": "IMG_023"}},
+    })
+    request = make_request(registry, tmp_path, models="metric-model", image_count=3, max_parallel=1)
+    run_generation(request, registry, quick_limits())
+    metrics = read_json(tmp_path / "out/metadata/generation-report.json")["metrics"]
+    generation = metrics["generation_metrics"]
+    assert (generation["total_images_requested"], generation["successful_generations"],
+            generation["failed_generations"]) == (3, 2, 1)
+    assert generation["model_success_rates"] == {"metric-model": pytest.approx(2 / 3, abs=1e-3)}
+    assert generation["error_codes"] == {"IMG_023": 1}
+    assert set(metrics) == {"generation_metrics", "performance_metrics", "quality_metrics"}
+    assert metrics["performance_metrics"]["generation_calls"] == 3
+    assert metrics["quality_metrics"]["average_quality_scores_by_model"]["metric-model"] > 0
+
+    port = SESSION_INFO["context"].address_info["metrics_export_port"]
+    deadline = time.monotonic() + 30
+    body = ""
+    while time.monotonic() < deadline:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        if 'ray_kamui_images_generated_total{' in body and 'model="metric-model"' in body:
+            break
+        time.sleep(1)
+    generated_lines = [l for l in body.splitlines()
+                       if l.startswith("ray_kamui_images_generated_total{") and 'model="metric-model"' in l]
+    assert generated_lines and float(generated_lines[0].rsplit(" ", 1)[1]) == 2.0
+    failed_lines = [l for l in body.splitlines() if l.startswith("ray_kamui_images_failed_total{") and 'code="IMG_023"' in l]
+    assert failed_lines
+    assert "ray_kamui_generation_seconds_bucket" in body and "ray_kamui_calls_in_flight" in body
+
+
+def test_history_records_and_summarises(registry, tmp_path):
+    request = make_request(registry, tmp_path, models="tiny-flux,tiny-sd")
+    history = History(tmp_path / "h.sqlite")
+    for seed in range(3):
+        history.record(outcome_for(request, [generated(0, "tiny-flux", seed), generated(1, "tiny-sd", seed)]))
+    summary = history.summary()
+    row = summary["tiny-flux (random weights)"]
+    assert (row["runs"], row["images"], row["failed"], row["success_rate"]) == (3, 3, 0, 1.0)
+    assert row["mean_quality"] > 0
+    assert history.score("tiny-flux") is None  # random-weight runs never rank real models
+
+
+def test_history_moves_the_smart_choice(registry, tmp_path):
+    history = History(tmp_path / "h.sqlite")
+    for model, quality_seed in (("photo-flux", 1), ("imagen4-ultra", 2)):
+        request = make_request(registry, tmp_path, models=model)
+        for _ in range(MIN_RUNS_FOR_RANKING):
+            image = generated(0, model, quality_seed)
+            image.weights = "real"
+            outcome = outcome_for(request, [image])
+            if model == "imagen4-ultra":  # a poor record: every second attempt failed
+                from cluster.work import Attempt
+
+                image.attempts = [Attempt(model, "r", 1.0, "IMG_008"), Attempt(model, "r", 1.0)]
+            history.record(outcome)
+    available = [registry.get("imagen4-ultra"), registry.get("photo-flux")]
+    realism = analyze_prompt("a photo of a bridge at night")
+    assert select_models(realism, registry, available, 1).models == ("imagen4-ultra",)
+    assert select_models(realism, registry, available, 1, history.score).models == ("photo-flux",)
+
+
+def test_history_command_prints_a_table(registry, tmp_path, capsys):
+    db = tmp_path / "h.sqlite"
+    request = make_request(registry, tmp_path, models="tiny-flux")
+    History(db).record(outcome_for(request, [generated(0, "tiny-flux", 1), generated(1, "tiny-flux", 2)]))
+    assert main(["history", "--history-db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-flux (random weights)" in out and "100%" in out
+    assert main(["history", "--history-db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tiny-flux (random weights)"]["images"] == 2

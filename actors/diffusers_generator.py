@@ -126,23 +126,28 @@ class DiffusersGenerator:
             kwargs["num_inference_steps"] = first.steps
         if first.guidance is not None:
             kwargs["guidance_scale"] = first.guidance
-        if self._supports_callback:
-            kwargs["callback_on_step_end"] = self._step_callback(call_id)
-
+        budget = options.budget_s if options is not None else None
         with self._lock:
             started = time.perf_counter()
+            if self._supports_callback:
+                kwargs["callback_on_step_end"] = self._step_callback(call_id, started, budget)
             with torch.inference_mode():
                 output = self.pipe(**kwargs)
             elapsed = time.perf_counter() - started
         self._cancelled.pop(call_id, None)
         return [self._to_result(task, array, elapsed / len(tasks)) for task, array in zip(tasks, output.images)]
 
-    def _step_callback(self, call_id: str):
+    def _step_callback(self, call_id: str, started: float, budget: float | None):
         def on_step_end(pipe, step, timestep, callback_kwargs):
             reason = self._cancelled.pop(call_id, None)
             if reason is not None:
                 code, _, message = reason.partition("|")
                 raise GenerationCancelled(code, f"{self.spec.id}: {message} at step {step}")
+            # the budget counts from when this call got the pipeline, not from when it was sent:
+            # on a shared resident replica it may have waited behind another run's call
+            if budget is not None and time.perf_counter() - started > budget:
+                raise GenerationCancelled(
+                    "IMG_003", f"{self.spec.id}: generation exceeded timeout_per_image ({budget:g}s) at step {step}")
             return callback_kwargs
 
         return on_step_end

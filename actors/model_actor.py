@@ -1,8 +1,14 @@
 """The Ray actor around a generator: a few lines, so the generator classes stay Ray-free.
 
-A local replica runs one generation call at a time (its generator holds a lock), and
-is created with `max_concurrency=2` so a second thread stays free for `cancel()` and
-`info()` while a call runs. A remote-API replica takes `concurrent_limit` calls at once.
+Generation calls run in the default concurrency group: one at a time on a local replica
+(its generator holds a lock; calls of several runs sharing a resident replica queue
+there), `concurrent_limit` at once on a remote-API replica. `cancel`, `info` and `stats`
+run in their own "control" group, so they get through however many calls are queued.
+
+A resident replica (a warm cluster's) may retire itself after `keep_alive_s` idle
+seconds: it removes its own placement group, which ends the actor and frees its GPU
+memory and its share of the cluster's resources; the next run that needs the model
+loads it again.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -18,13 +26,41 @@ from actors.backends import make_backend
 from cluster.work import CallOptions, FailedImage, GeneratedImage, ImageTask, ReplicaInfo
 from models.registry import ModelSpec
 
+CONTROL = "control"
+
+
+class RequestWindow:
+    """requests_per_minute held by the replica itself, so it stays global when several runs
+    share one resident replica (each run's scheduler only sees its own calls)."""
+
+    def __init__(self, per_window: float | None, window_s: float):
+        self.per_window = per_window
+        self.window_s = window_s
+        self._starts: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if self.per_window is None:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._starts and now - self._starts[0] >= self.window_s:
+                    self._starts.popleft()
+                if len(self._starts) < self.per_window:
+                    self._starts.append(now)
+                    return
+                wait = self._starts[0] + self.window_s - now
+            time.sleep(max(0.01, wait))
+
 
 class ModelWorker:
     """Constructed cheaply; `load()` brings the weights in. Keeping the load out of `__init__`
     lets its errors (IMG_002 missing weights, IMG_010 no free memory) reach the driver as
     themselves instead of as an opaque "actor died in its creation task"."""
 
-    def __init__(self, spec: ModelSpec, replica: str, cache_root: str, credentials=None):
+    def __init__(self, spec: ModelSpec, replica: str, cache_root: str, credentials=None,
+                 keep_alive_s: float | None = None, rate_window_s: float = 60.0):
         self.spec = spec
         # Passed by the driver so a remote model works on nodes that do not have the key in their
         # environment; GoogleCredentials keeps the key out of its repr.
@@ -34,50 +70,85 @@ class ModelWorker:
         self.backend = None
         self._info: ReplicaInfo | None = None
         self._load_lock = threading.Lock()
+        self._window = RequestWindow(spec.rate_limit.requests_per_minute, rate_window_s)
         self.calls = 0
+        self.in_flight = 0
         self.last_used = time.time()
+        if keep_alive_s:
+            threading.Thread(target=self._keep_alive, args=(keep_alive_s,), daemon=True).start()
 
     def load(self) -> ReplicaInfo:
+        """Load once; a caller finding the weights already resident gets `warm=True`, load time 0."""
         with self._load_lock:
-            if self.backend is None:
-                self.backend = make_backend(self.spec, self.cache_root, self.replica, self.credentials)
-                context = ray.get_runtime_context()
-                self._info = ReplicaInfo(
-                    model=self.spec.id,
-                    replica=self.replica,
-                    node_id=context.get_node_id(),
-                    device=str(getattr(self.backend, "device", "remote")),
-                    dtype=str(getattr(self.backend, "dtype", "")).replace("torch.", ""),
-                    weights=self.spec.weights,
-                    load_seconds=float(getattr(self.backend, "load_seconds", 0.0)),
-                    gpu_ids=[str(g) for g in ray.get_gpu_ids()],
-                    restarts=1 if context.was_current_actor_reconstructed else 0,
-                    pid=os.getpid(),
-                )
+            if self.backend is not None:
+                return replace(self.info(), load_seconds=0.0, warm=True)
+            self.backend = make_backend(self.spec, self.cache_root, self.replica, self.credentials)
+            context = ray.get_runtime_context()
+            self._info = ReplicaInfo(
+                model=self.spec.id,
+                replica=self.replica,
+                node_id=context.get_node_id(),
+                device=str(getattr(self.backend, "device", "remote")),
+                dtype=str(getattr(self.backend, "dtype", "")).replace("torch.", ""),
+                weights=self.spec.weights,
+                load_seconds=float(getattr(self.backend, "load_seconds", 0.0)),
+                gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+                restarts=1 if context.was_current_actor_reconstructed else 0,
+                pid=os.getpid(),
+            )
+            self.last_used = time.time()
         return self.info()
 
+    @ray.method(concurrency_group=CONTROL)
     def info(self) -> ReplicaInfo:
         assert self._info is not None, "load() first"
         self._info.peak_gpu_memory_bytes = getattr(self.backend, "peak_gpu_memory_bytes", None)
         return self._info
 
+    @ray.method(concurrency_group=CONTROL)
+    def stats(self) -> dict:
+        return {"model": self.spec.id, "replica": self.replica, "loaded": self.backend is not None,
+                "in_flight": self.in_flight, "calls": self.calls, "idle_seconds": round(time.time() - self.last_used, 1),
+                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    @ray.method(concurrency_group=CONTROL)
     def pid(self) -> int:
         return os.getpid()
 
     def generate(self, tasks: list[ImageTask], call_id: str, options: CallOptions | None = None
                  ) -> list[GeneratedImage | FailedImage]:
-        if self.backend is None:  # a restarted replica reloads on its first call
-            self.load()
-        self.calls += 1
+        self.in_flight += 1
         try:
+            if self.backend is None:  # a restarted replica reloads on its first call
+                self.load()
+            self._window.acquire()
+            self.calls += 1
             return self.backend.generate(tasks, call_id, options)
         finally:
+            self.in_flight -= 1
             self.last_used = time.time()
 
+    @ray.method(concurrency_group=CONTROL)
     def cancel(self, call_id: str, code: str = "IMG_003", reason: str = "cancelled") -> None:
         cancel = getattr(self.backend, "cancel", None) if self.backend is not None else None
         if cancel is not None:
             cancel(call_id, code, reason)
 
+    def _keep_alive(self, keep_alive_s: float) -> None:
+        while True:
+            time.sleep(min(5.0, max(0.2, keep_alive_s / 4)))
+            if self.in_flight == 0 and time.time() - self.last_used >= keep_alive_s:
+                self._retire()
+                return
 
-ModelActor = ray.remote(ModelWorker)
+    def _retire(self) -> None:
+        from ray.util.placement_group import get_current_placement_group, remove_placement_group
+
+        group = get_current_placement_group()
+        if group is not None:
+            remove_placement_group(group)  # ends this actor with its bundle
+        else:
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+
+ModelActor = ray.remote(concurrency_groups={CONTROL: 2})(ModelWorker)

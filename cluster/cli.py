@@ -66,12 +66,178 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--debug", action="store_true", help="Show Ray's logs and tracebacks.")
     gen.set_defaults(handler=_generate)
 
+    batch = sub.add_parser("batch", help="Run a manifest of requests on shared warm replicas (resumable).",
+                           description="Run every request of a JSON Lines or YAML manifest. Finished entries are "
+                                       "skipped on a rerun; a bad entry never stops the others.")
+    batch.add_argument("manifest", metavar="MANIFEST", help="JSON Lines (.jsonl) or YAML (.yaml) manifest.")
+    batch.add_argument("--address", default=None, metavar="VALUE",
+                       help="Ray cluster to join (auto or host:port); default: an embedded instance.")
+    batch.add_argument("--entries-at-once", default="2", metavar="N", help="Entries running at the same time (default 2).")
+    batch.add_argument("--config", default=None, metavar="FILE", help="Another models.yaml.")
+    batch.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml.")
+    batch.add_argument("--scorer", default=None, metavar="ID", help="Scorer for entries that name none.")
+    batch.add_argument("--history-db", default=None, metavar="FILE", help="Run history file.")
+    batch.add_argument("--json", action="store_true", help="Events and the summary as JSON lines on stdout.")
+    batch.add_argument("--debug", action="store_true", help="Show Ray's logs and tracebacks.")
+    batch.set_defaults(handler=_batch)
+
+    cluster = sub.add_parser("cluster", help="A warm cluster that keeps models resident across runs.")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", parser_class=_Parser)
+    up = cluster_sub.add_parser("up", help="Start (or join) a Ray cluster and load models resident.")
+    up.add_argument("--address", default=None, metavar="VALUE", help="Join this cluster instead of starting one here.")
+    up.add_argument("--models", default=None, metavar="IDS",
+                    help="Comma-separated models to load (default: every available model `auto` may pick).")
+    up.add_argument("--scorer", default=None, metavar="ID", help="Scorer to keep resident (default: scoring.yaml's).")
+    up.add_argument("--replicas", default="1", metavar="N", help="Replicas per local model (default 1).")
+    up.add_argument("--keep-alive", default=None, metavar="SECONDS",
+                    help="Idle seconds before a resident model releases its GPU (default: limits.yaml, 1800).")
+    up.add_argument("--config", default=None, metavar="FILE", help="Another models.yaml.")
+    up.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml.")
+    up.set_defaults(handler=_cluster_up)
+    st = cluster_sub.add_parser("status", help="Nodes, GPUs, GPU memory, resident models and their queues.")
+    st.add_argument("--address", default=None, metavar="VALUE", help="The cluster (default: the one on this machine).")
+    st.add_argument("--json", action="store_true", help="Print the status as JSON.")
+    st.set_defaults(handler=_cluster_status)
+    down = cluster_sub.add_parser("down", help="Release every resident model.")
+    down.add_argument("--address", default=None, metavar="VALUE", help="The cluster (default: the one on this machine).")
+    down.add_argument("--stop", action="store_true", help="Also stop the Ray node on this machine (`ray stop`).")
+    down.set_defaults(handler=_cluster_down)
+
     hist = sub.add_parser("history", help="Per-model summary of earlier runs.",
                           description="Per-model summary of earlier runs (most recent 50 runs per model).")
     hist.add_argument("--history-db", default=None, metavar="FILE", help="The history file (default as for generate).")
     hist.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     hist.set_defaults(handler=_history)
     return parser
+
+
+def _positive_int(value: str, flag: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ImageGenError("IMG_011", f"{flag} {value!r} must be a whole number >= 1.")
+    return number
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cluster.batch import build_entries, run_batch, summary_table
+    from cluster.events import Events
+    from cluster.limits import load_limits
+    from cluster.progress import choose_sinks
+    from cluster.ray_runtime import RayRuntime
+    from cluster.resident import registry_actor
+    from models.registry import load_registry
+
+    registry = load_registry(args.config)
+    limits = load_limits(args.limits)
+    at_once = _positive_int(args.entries_at_once, "--entries-at-once")
+    entries = build_entries(Path(args.manifest), registry, {"scorer": args.scorer})
+    events = Events(*choose_sinks(args.json))
+    import ray
+
+    with StopOnSignal() as stop, RayRuntime(args.address, args.debug):
+        before = {e["name"] for e in ray.get(registry_actor().entries.remote())}
+        try:
+            results = run_batch(entries, registry, limits, events=events, stop=stop.event, entries_at_once=at_once,
+                                run=_with_history(args.history_db))
+        finally:
+            if args.address is None:  # an embedded cluster's warm replicas end with the batch
+                created = [e["name"] for e in ray.get(registry_actor().entries.remote()) if e["name"] not in before]
+                ray.get(registry_actor().release.remote(names=created))
+    if args.json:
+        print(json.dumps({"event": "batch_summary", "entries": [r.__dict__ for r in results]}), flush=True)
+    else:
+        print(summary_table(results))
+    if stop.event.is_set():
+        return 130 if stop.signal != signal.SIGTERM else 143
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _with_history(path):
+    from cluster.history import History
+    from cluster.run import run_generation
+
+    def run(*args, **kwargs):
+        return run_generation(*args, history=History(path), **kwargs)
+
+    return run
+
+
+def _cluster_connect(address):
+    from cluster.warm import connect
+
+    return connect(address, start=False)
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from cluster.limits import load_limits
+    from cluster.warm import bring_up, connect
+    from models.registry import load_registry
+    from models.scorers import load_scoring
+
+    registry = load_registry(args.config)
+    limits = load_limits(args.limits)
+    if args.models:
+        from cluster.request import parse_models
+
+        model_ids = list(parse_models(args.models, registry))
+    else:
+        from models import availability
+
+        model_ids = [s.id for s in registry if s.auto_select and availability.check(s).ok]
+    replicas = _positive_int(args.replicas, "--replicas")
+    keep_alive = float(_positive_int(args.keep_alive, "--keep-alive")) if args.keep_alive else None
+    address = connect(args.address, start=True)
+    report = bring_up(registry, model_ids, load_scoring(), args.scorer, limits, replicas, keep_alive)
+    print(f"cluster at {address} (namespace kamui-multi-image)")
+    for model, row in report.models.items():
+        print(f"  {model}: {row['replicas']} replica(s) resident on {row['device']}, loaded in {row['load_seconds']:.1f}s")
+    if report.scorer:
+        print(f"  scorer {report.scorer.get('name')}: resident on {report.scorer.get('device')}")
+    for model, message in report.errors.items():
+        print(f"  {model}: not resident: {message}", file=sys.stderr)
+    if not report.models and model_ids:
+        return 1
+    print("use it with: multi-image generate --address auto ...")
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    from cluster.warm import status
+
+    _cluster_connect(args.address)
+    state = status()
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    for node in state["nodes"]:
+        gpu = f"{node['gpus']:g} GPU, {node['gpu_memory_gb']:g} GB GPU memory" if node["gpus"] else "no GPU"
+        print(f"node {node['address']}: {node['cpus']:g} CPU, {gpu}")
+    free = state["available"]
+    print(f"free: {free['CPU']:g} CPU, {free['GPU']:g} GPU, {free['gpu_memory_gb']:g} GB GPU memory")
+    if not state["resident"]:
+        print("no resident models")
+    for row in state["resident"]:
+        if row["kind"] == "scorer":
+            print(f"scorer {row['model']} ({row['name']})")
+            continue
+        detail = row.get("state") or (f"running {row['running']}, queued {row['queued']}, {row['calls']} calls, "
+                                      f"idle {row['idle_seconds']:.0f}s")
+        print(f"model {row['model']} ({row['name']}): {detail}")
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    from cluster.warm import bring_down
+
+    _cluster_connect(args.address)
+    released = bring_down(stop_ray=args.stop)
+    print(f"released {len(released)} resident actor(s)" + (" and stopped Ray on this machine" if args.stop else ""))
+    return 0
 
 
 def _history(args: argparse.Namespace) -> int:

@@ -10,9 +10,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cluster.config_files import bundled_config
 from cluster.errors import ImageGenError
 
-DEFAULT_LIMITS_FILE = Path(__file__).resolve().parent.parent / "configs" / "limits.yaml"
+DEFAULT_LIMITS_FILE = bundled_config("limits.yaml")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
@@ -55,6 +56,7 @@ class SchedulerLimits(BaseModel):
     backoff_max: float = Field(60.0, ge=0)
     rate_window_seconds: float = Field(60.0, gt=0, description="The window of requests_per_minute.")
     reduce_count_at: float = Field(0.8, gt=0, le=1, description="Share of total_workflow_timeout after which waiting images are dropped.")
+    keep_alive_seconds: float = Field(1800, gt=0, description="Idle seconds after which a warm replica retires.")
 
 
 class Limits(BaseModel):

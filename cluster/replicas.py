@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cluster import env
@@ -32,6 +32,14 @@ from cluster.work import ReplicaInfo
 from models.registry import ModelSpec
 
 
+# Calls a local replica accepts at once; past the first they wait for the pipeline inside it.
+LOCAL_QUEUE_SLOTS = 8
+
+
+def _credentials(spec: ModelSpec):
+    return env.google_credentials() if spec.backend == "imagen" else None
+
+
 @dataclass
 class Replica:
     name: str
@@ -46,6 +54,7 @@ class Replica:
     calls: int = 0
     busy_seconds: float = 0.0
     restarts: int = 0
+    resident: bool = False  # a warm cluster's replica: shared, and left running after the run
     load_started: float = field(default_factory=time.monotonic)
     retired_incarnation: tuple[str, int] | None = None  # (node, pid) of the process we killed
 
@@ -72,9 +81,13 @@ class ModelGroup:
 
 
 class ReplicaPool:
-    def __init__(self, limits: Limits, max_parallel: int, events: Events | None = None, run_id: str | None = None):
+    def __init__(self, limits: Limits, max_parallel: int, events: Events | None = None, run_id: str | None = None,
+                 resident: bool = False, keep_alive_s: float | None = None):
+        """`resident`: use (and leave behind) the cluster's warm replicas instead of run-owned ones."""
         self.limits = limits
         self.max_parallel = max_parallel
+        self.resident = resident
+        self.keep_alive_s = keep_alive_s
         self.events = events or Events()
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.groups: dict[str, ModelGroup] = {}
@@ -115,7 +128,10 @@ class ReplicaPool:
         import ray
 
         count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes, ray.available_resources())
-        group = self._place(spec, bundle, count, batch)
+        if self.resident:
+            group = self._resident_group(spec, bundle, max(1, count), batch)
+        else:
+            group = self._place(spec, bundle, count, batch)
         self.groups[spec.id] = group
         return group
 
@@ -143,31 +159,59 @@ class ReplicaPool:
         self.events.emit("model_loading", model=spec.id, replicas=count, batch_size=batch)
         return ModelGroup(spec, replicas, batch, placement_group=pg)
 
-    def _start_replica(self, spec: ModelSpec, bundle: dict[str, float], pg, index: int) -> Replica:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        from actors.model_actor import ModelActor
-
+    def _actor_options(self, spec: ModelSpec, bundle: dict[str, float]) -> tuple[dict[str, Any], int]:
+        """Ray options of a replica of `spec` (its bundle's resources), and its call concurrency."""
         concurrency = 1 if spec.is_local else (spec.rate_limit.concurrent_limit or self.max_parallel)
         options: dict[str, Any] = {
             "num_cpus": bundle["CPU"],
             "num_gpus": bundle.get("GPU", 0),
-            # one extra thread so cancel()/info() get through while a call runs
-            "max_concurrency": concurrency + 1,
+            # local: calls past the first wait on the pipeline's lock inside the actor, where the
+            # replica can count them (its queue); remote: the model's concurrent_limit, globally
+            "max_concurrency": LOCAL_QUEUE_SLOTS if spec.is_local else concurrency,
             "max_restarts": self.limits.scheduler.actor_max_restarts,
             "max_task_retries": 0,  # the scheduler retries, so every attempt is recorded
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=pg, placement_group_bundle_index=index
-            ),
         }
         if GPU_MEMORY_RESOURCE in bundle:
             options["resources"] = {GPU_MEMORY_RESOURCE: bundle[GPU_MEMORY_RESOURCE]}
         if bundle.get("memory"):
             options["memory"] = bundle["memory"]
+        return options, concurrency
+
+    def _start_replica(self, spec: ModelSpec, bundle: dict[str, float], pg, index: int) -> Replica:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from actors.model_actor import ModelActor
+
+        options, concurrency = self._actor_options(spec, bundle)
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg,
+                                                                          placement_group_bundle_index=index)
         name = f"{spec.id}-{index}"
-        credentials = env.google_credentials() if spec.backend == "imagen" else None
-        actor = ModelActor.options(**options).remote(spec, name, str(env.cache_dir()), credentials)
+        actor = ModelActor.options(**options).remote(spec, name, str(env.cache_dir()), _credentials(spec), None,
+                                                     self.limits.scheduler.rate_window_seconds)
         return Replica(name=name, model=spec.id, actor=actor, concurrency=concurrency, load_ref=self._load(actor))
+
+    def _resident_group(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int) -> ModelGroup:
+        """The model's warm replicas, from the cluster's ResidentRegistry (made there if none is alive)."""
+        import ray
+
+        from cluster.resident import actor_handle, registry_actor
+
+        options, concurrency = self._actor_options(spec, bundle)
+        answer = ray.get(registry_actor().ensure_model.remote(
+            spec, count, bundle, options, str(env.cache_dir()), _credentials(spec), self.keep_alive_s,
+            self.limits.scheduler.rate_window_seconds, self.limits.scheduler.placement_timeout))
+        if not answer["names"]:
+            error = ImageGenError("IMG_010", f"model {spec.id!r}: {answer['error']} (cluster: {describe(self.nodes)}).")
+            self.events.emit("model_unplaceable", model=spec.id, code=error.code, message=error.message)
+            return ModelGroup(spec, [], batch, error=error)
+        replicas = []
+        for name in answer["names"]:
+            actor = actor_handle(name)
+            replicas.append(Replica(name=f"{spec.id}-{name.rsplit('/', 1)[-1]}", model=spec.id, actor=actor,
+                                    concurrency=concurrency, load_ref=self._load(actor), resident=True))
+        self.events.emit("model_loading", model=spec.id, replicas=len(replicas), batch_size=batch,
+                         resident=True, created=len(answer["created"]))
+        return ModelGroup(spec, replicas, batch)
 
     # --- loading -------------------------------------------------------------------------
 
@@ -257,9 +301,11 @@ class ReplicaPool:
         for model, group in self.groups.items():
             for replica in group.replicas:
                 info = replica.info
-                if replica.loaded and not replica.dead:
+                if replica.loaded and not replica.dead and info is not None:
                     try:
-                        info = ray.get(replica.actor.info.remote(), timeout=10)
+                        fresh = ray.get(replica.actor.info.remote(), timeout=10)
+                        # peak memory as of now; load time and warmth as this run saw them
+                        info = replace(fresh, load_seconds=info.load_seconds, warm=info.warm)
                     except Exception:  # noqa: BLE001 - keep the load-time info
                         pass
                 if info is not None:
@@ -272,7 +318,8 @@ class ReplicaPool:
 
         for group in self.groups.values():
             for replica in group.replicas:
-                self._kill(replica, restart=False)
+                if not replica.resident:
+                    self._kill(replica, restart=False)
             if group.placement_group is not None:
                 try:
                     remove_placement_group(group.placement_group)

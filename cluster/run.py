@@ -80,7 +80,10 @@ def run_generation(
     base_seed: int | None = None,
     upload_config: UploadConfig | None = None,
     history: History | None = None,
+    resident: bool | None = None,
 ) -> RunResult:
+    """`resident`: use the cluster's warm replicas and leave them running (default: when the run
+    joins a cluster with --address; an embedded instance ends with the run anyway)."""
     events = events or Events()
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -108,9 +111,12 @@ def run_generation(
         with RayRuntime(request.address, request.debug) as runtime:
             cluster_info = {"address": request.address or "embedded", "embedded": runtime.embedded}
             metrics_sink = _ray_metrics_sink(events)
-            pool = ReplicaPool(limits, request.max_parallel, events)
+            if resident is None:
+                resident = request.address is not None
+            pool = ReplicaPool(limits, request.max_parallel, events, resident=resident,
+                               keep_alive_s=limits.scheduler.keep_alive_seconds)
             # the scorer loads while the models load and generate
-            run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events)
+            run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events, resident)
             try:
                 schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop, started)
                 replicas = pool.collect_infos()

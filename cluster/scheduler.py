@@ -211,7 +211,10 @@ class Scheduler:
         ref = replica.actor.generate.remote(tasks, call_id, options)
         replica.in_flight += 1
         gate.started(now)
-        call = Call(call_id, model, replica, batch, now, now + self.limits.perf.timeout_per_image, ref)
+        # A resident replica may be busy with another run's call first; it holds the exact budget
+        # itself (from when the call gets the pipeline), so the driver's deadline is a backstop.
+        allowance = budget * (2 if replica.resident else 1)
+        call = Call(call_id, model, replica, batch, now, now + allowance, ref)
         self.calls[ref] = call
         self.result.calls += 1
         self.result.max_in_flight = max(self.result.max_in_flight, len(self.calls))

@@ -101,9 +101,10 @@ class ActorScorer:
         return ray.get(self.actor.score.remote(items))
 
     def describe(self) -> dict:
-        if self._fallback is not None:
+        """What scored (waits for the scorer to finish loading)."""
+        if not self._ready():
             return self._fallback.describe()
-        return dict(self._info or {"name": self.spec.id, "weights": self.spec.weights})
+        return dict(self._info)
 
     def release(self) -> None:
         import ray
@@ -115,8 +116,10 @@ class ActorScorer:
                 pass
 
 
-def make_scorer(name: str | None, config: ScoringConfig, nodes: list[NodeCapacity], events: Events | None = None) -> Scorer:
-    """The scorer a run uses: `name` (or the config's default), or weight-free with the reason."""
+def make_scorer(name: str | None, config: ScoringConfig, nodes: list[NodeCapacity], events: Events | None = None,
+                resident: bool = False) -> Scorer:
+    """The scorer a run uses: `name` (or the config's default), or weight-free with the reason.
+    `resident`: the warm cluster's scorer, shared with other runs and left running."""
     name = name or config.default
     if name == NO_SCORER:
         return WeightFreeScorer("scoring without a CLIP model (--scorer none)")
@@ -124,4 +127,12 @@ def make_scorer(name: str | None, config: ScoringConfig, nodes: list[NodeCapacit
     missing = spec.missing_weights()
     if missing:
         return WeightFreeScorer(missing)
+    if resident:
+        import ray
+
+        from cluster.resident import actor_handle, registry_actor
+
+        name = ray.get(registry_actor().ensure_scorer.remote(spec, ActorScorer.actor_options(spec, nodes),
+                                                             str(env.cache_dir())))
+        return ActorScorer(spec, nodes, events, actor=actor_handle(name))
     return ActorScorer(spec, nodes, events)

@@ -20,9 +20,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cluster import env
+from cluster.config_files import bundled_config
 from cluster.errors import ImageGenError
 
-DEFAULT_OUTPUT_FILE = Path(__file__).resolve().parent.parent / "configs" / "output.yaml"
+DEFAULT_OUTPUT_FILE = bundled_config("output.yaml")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 PUBLIC_HOST = "https://storage.googleapis.com"
 

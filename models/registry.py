@@ -13,9 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cluster.config_files import bundled_config
 from cluster.errors import ImageGenError
 
-DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "configs" / "models.yaml"
+DEFAULT_MODELS_FILE = bundled_config("models.yaml")
 BUILTIN_PREFIX = "builtin:"
 
 

@@ -8,10 +8,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cluster.config_files import bundled_config
 from cluster.errors import ImageGenError
 from models.registry import BUILTIN_PREFIX
 
-DEFAULT_SCORING_FILE = Path(__file__).resolve().parent.parent / "configs" / "scoring.yaml"
+DEFAULT_SCORING_FILE = bundled_config("scoring.yaml")
 NO_SCORER = "none"
 
 

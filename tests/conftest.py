@@ -35,6 +35,10 @@ def pytest_configure(config):
         os.environ.pop(name, None)
     # keep the Hugging Face cache of the machine out of availability checks
     os.environ["HF_HOME"] = str(cache / "hf-home")
+    # Workers of the session cluster serve drivers started elsewhere too (CLI subprocesses joining
+    # with --address): they must import the scripted test model from the repository.
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(autouse=True)

@@ -86,9 +86,11 @@ class ScriptedGenerator:
     def cancel(self, call_id: str, code: str = "IMG_003", reason: str = "cancelled") -> None:
         self._cancelled[call_id] = f"{code}|{reason}"
 
-    def _sleep(self, seconds: float, call_id: str, cancellable: bool = True) -> None:
+    def _sleep(self, seconds: float, call_id: str, cancellable: bool = True, budget_end: float | None = None) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            if cancellable and budget_end is not None and time.monotonic() > budget_end:
+                raise ImageGenError("IMG_003", f"{self.spec.id}: exceeded timeout_per_image")
             if cancellable and call_id in self._cancelled:
                 code, _, reason = self._cancelled.pop(call_id).partition("|")
                 self._log(event="cancelled", call=call_id)
@@ -97,6 +99,7 @@ class ScriptedGenerator:
 
     def generate(self, tasks: list[ImageTask], call_id: str = "", options=None) -> list[GeneratedImage]:
         with self._lock:
+            budget_end = time.monotonic() + options.budget_s if options is not None and options.budget_s else None
             number = bump_counter(self.script["counter"]) if self.script.get("counter") else 0
             self._log(event="start", call=call_id, n=len(tasks), number=number,
                       indices=[t.index for t in tasks], prompts=[t.prompt for t in tasks])
@@ -105,9 +108,10 @@ class ScriptedGenerator:
                     os._exit(1)
                 hang_calls = self.script.get("hang_calls")
                 if self.script.get("hang") and (hang_calls is None or number in hang_calls):
-                    self._sleep(float(self.script["hang"]), call_id, not self.script.get("ignore_cancel", False))
+                    self._sleep(float(self.script["hang"]), call_id, not self.script.get("ignore_cancel", False),
+                                budget_end)
                 latency = float(self.script.get("latency", 0.05)) + float(self.script.get("per_image", 0.0)) * len(tasks)
-                self._sleep(latency, call_id)
+                self._sleep(latency, call_id, budget_end=budget_end)
                 if number in self.script.get("fail_calls", []):
                     code = self.script.get("fail_code", "IMG_020")
                     raise ImageGenError(code, f"scripted failure {code} on call {number}")

@@ -1,0 +1,137 @@
+"""Resident (warm) model replicas: detached, named actors in the project's Ray namespace that
+outlive the run that made them, so the next run spends no time loading.
+
+One detached `ResidentRegistry` actor creates and tracks them. Every run asks it, so two
+runs wanting the same model at once get the same replicas instead of racing to create
+two (state lives in an actor, not in any driver). Each replica holds its own placement
+group (its GPUs and gpu_memory_gb), so warm replicas count against the cluster exactly as
+a run's own do, and can retire alone when their keep-alive runs out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import ray
+
+from models.registry import ModelSpec
+from models.scorers import ScorerSpec
+
+REGISTRY_NAME = "resident-registry"
+
+
+def spec_key(spec: ModelSpec | ScorerSpec) -> str:
+    """Replicas are shared only between runs that describe the model identically."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:10]
+
+
+def model_prefix(spec: ModelSpec) -> str:
+    return f"model/{spec.id}/{spec_key(spec)}/"
+
+
+class ResidentRegistry:
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+        self.meta: dict[str, dict] = {}  # actor name -> what `status` shows
+
+    def _alive(self, name: str) -> bool:
+        try:
+            ray.get_actor(name, namespace=self.namespace)
+            return True
+        except ValueError:
+            self.meta.pop(name, None)
+            return False
+
+    def ensure_model(self, spec: ModelSpec, count: int, bundle: dict[str, float], options: dict[str, Any],
+                     cache_root: str, credentials, keep_alive_s: float | None, rate_window_s: float,
+                     placement_timeout: float) -> dict:
+        """The model's live resident replicas, adding up to `count` of them if fewer are alive.
+        Returns {"names": [...], "created": [...], "error": str | None}."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from actors.model_actor import ModelActor
+
+        prefix = model_prefix(spec)
+        names = [n for n in sorted(self.meta) if n.startswith(prefix) and self._alive(n)]
+        created, error = [], None
+        index = 0
+        while len(names) < count:
+            while f"{prefix}{index}" in self.meta:
+                index += 1
+            name = f"{prefix}{index}"
+            group = placement_group([dict(bundle)], strategy="PACK", name=name, lifetime="detached")
+            if not group.wait(timeout_seconds=placement_timeout):
+                remove_placement_group(group)
+                error = f"no room for another replica of {spec.id} within {placement_timeout:g}s"
+                break
+            ModelActor.options(
+                name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=group,
+                                                                     placement_group_bundle_index=0),
+                **options,
+            ).remote(spec, f"{spec.id}-{index}", cache_root, credentials, keep_alive_s, rate_window_s)
+            self.meta[name] = {"kind": "model", "model": spec.id, "key": spec_key(spec), "created": time.time(),
+                               "keep_alive_s": keep_alive_s, "bundle": bundle, "placement_group": group}
+            names.append(name)
+            created.append(name)
+        return {"names": names, "created": created, "error": error}
+
+    def ensure_scorer(self, spec: ScorerSpec, options: dict[str, Any], cache_root: str) -> str:
+        from actors.scorer_actor import ScorerActor
+
+        name = f"scorer/{spec.id}/{spec_key(spec)}"
+        if name not in self.meta or not self._alive(name):
+            ScorerActor.options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
+                                **options).remote(spec, cache_root)
+            self.meta[name] = {"kind": "scorer", "model": spec.id, "key": spec_key(spec), "created": time.time(),
+                               "keep_alive_s": None, "bundle": options}
+        return name
+
+    def entries(self) -> list[dict]:
+        rows = []
+        for name in list(self.meta):
+            if self._alive(name):
+                meta = {k: v for k, v in self.meta[name].items() if k != "placement_group"}
+                rows.append({"name": name, **meta})
+        return rows
+
+    def release(self, model: str | None = None, names: list[str] | None = None) -> list[str]:
+        """Kill resident replicas (all, one model's, or the named ones) and free their resources."""
+        from ray.util.placement_group import remove_placement_group
+
+        released = []
+        for name, meta in list(self.meta.items()):
+            if model is not None and meta["model"] != model:
+                continue
+            if names is not None and name not in names:
+                continue
+            try:
+                ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
+            except ValueError:
+                pass
+            if meta.get("placement_group") is not None:
+                try:
+                    remove_placement_group(meta["placement_group"])
+                except Exception:  # noqa: BLE001 - already removed by the replica's own keep-alive
+                    pass
+            self.meta.pop(name, None)
+            released.append(name)
+        return released
+
+
+def registry_actor():
+    """The cluster's one ResidentRegistry (created on first use, lives with the cluster)."""
+    from cluster.ray_runtime import NAMESPACE
+
+    actor_class = ray.remote(num_cpus=0, max_concurrency=1)(ResidentRegistry)
+    return actor_class.options(name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached",
+                               get_if_exists=True).remote(NAMESPACE)
+
+
+def actor_handle(name: str):
+    from cluster.ray_runtime import NAMESPACE
+
+    return ray.get_actor(name, namespace=NAMESPACE)

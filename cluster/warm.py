@@ -1,0 +1,167 @@
+"""`multi-image cluster up | status | down`: a Ray cluster that keeps models resident.
+
+`up` starts a Ray head on this machine (or joins `--address`) and brings up detached,
+named model and scorer replicas through the cluster's ResidentRegistry; `generate
+--address auto` and `batch` then find them warm. Ray's token authentication stays on:
+`ray start` generates the token and drivers on this machine read it from ~/.ray.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from cluster.errors import ImageGenError
+from cluster.events import Events
+from cluster.limits import Limits
+from cluster.placement import GPU_MEMORY_RESOURCE, cluster_nodes
+from cluster.ray_runtime import MIN_EMBEDDED_CPUS, NAMESPACE, detect_local_gpus
+from models import availability
+from models.registry import Registry
+from models.scorers import NO_SCORER, ScoringConfig
+
+
+def ray_cli() -> str | None:
+    """The `ray` command of this environment (beside the interpreter), else the one on PATH."""
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.is_file() else shutil.which("ray")
+
+
+def start_head() -> None:
+    """`ray start --head` with the resources a node of this project advertises."""
+    import os
+
+    ray_command = ray_cli()
+    if ray_command is None:
+        raise ImageGenError("IMG_019", "the `ray` command is not on PATH; install the project into this environment.")
+    gpus = detect_local_gpus()
+    command = [ray_command, "start", "--head", f"--num-cpus={max(os.cpu_count() or 1, MIN_EMBEDDED_CPUS)}",
+               f"--num-gpus={gpus.count}", "--include-dashboard=false", "--disable-usage-stats"]
+    if gpus.count:
+        command.append("--resources=" + json.dumps({GPU_MEMORY_RESOURCE: gpus.memory_gb}))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        raise ImageGenError("IMG_019", f"`ray start --head` failed: {' '.join(done.stderr.split())[-400:]}")
+
+
+def connect(address: str | None, start: bool = False) -> str:
+    """Join `address` (or the cluster running on this machine); with `start`, start one if none runs."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    target = address or "auto"
+    try:
+        ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        if not start or address not in (None, "auto"):
+            raise ImageGenError("IMG_019", f"no Ray cluster at {target!r}: {' '.join(str(exc).split())[:200]}. "
+                                           "Start one with `multi-image cluster up`.") from None
+        start_head()
+        ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
+    return ray.get_runtime_context().gcs_address
+
+
+@dataclass
+class UpReport:
+    models: dict[str, dict] = field(default_factory=dict)
+    scorer: dict | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def bring_up(registry: Registry, model_ids: list[str], scoring: ScoringConfig, scorer_id: str | None,
+             limits: Limits, replicas: int = 1, keep_alive_s: float | None = None,
+             events: Events | None = None) -> UpReport:
+    """Resident replicas of each model (loaded before this returns) and of the scorer."""
+    import ray
+
+    from cluster.replicas import ReplicaPool
+    from cluster.scoring import ActorScorer, make_scorer
+
+    events = events or Events()
+    report = UpReport()
+    pool = ReplicaPool(limits, max_parallel=max(1, replicas), events=events, resident=True,
+                       keep_alive_s=keep_alive_s or limits.scheduler.keep_alive_seconds)
+    for model_id in model_ids:
+        spec = registry.get(model_id)
+        check = availability.check(spec)
+        if not check.ok:
+            report.errors[model_id] = f"{check.code}: {check.reason}"
+            continue
+        # enough images for `replicas` calls, so the pool asks for that many replicas
+        group = pool.ensure(spec, images=replicas * pool.batch_size(spec))
+        if group.error is not None:
+            report.errors[model_id] = f"{group.error.code}: {group.error.message}"
+    deadline = time.monotonic() + limits.scheduler.model_load_timeout
+    while pool.loading_refs() and time.monotonic() < deadline:
+        ready, _ = ray.wait(list(pool.loading_refs()), num_returns=1, timeout=5)
+        for ref in ready:
+            pool.on_loaded(pool.loading_refs()[ref])
+    for model_id, group in pool.groups.items():
+        loaded = [r.info for r in group.replicas if r.loaded and r.info]
+        if loaded:
+            report.models[model_id] = {"replicas": len(loaded), "load_seconds": max(i.load_seconds for i in loaded),
+                                       "device": loaded[0].device}
+        elif group.error is not None:
+            report.errors[model_id] = f"{group.error.code}: {group.error.message}"
+    if scorer_id != NO_SCORER:
+        scorer = make_scorer(scorer_id, scoring, pool.nodes, events, resident=True)
+        if isinstance(scorer, ActorScorer):
+            scorer.describe()  # waits for the load
+            report.scorer = scorer.describe()
+        else:
+            report.errors["scorer"] = scorer.describe().get("note", "unavailable")
+    return report
+
+
+def status() -> dict:
+    """Nodes, GPUs, GPU memory, the resident replicas and their queues."""
+    import ray
+
+    from cluster.resident import actor_handle, registry_actor
+
+    available = ray.available_resources()
+    nodes = [{"node_id": n.node_id, "address": n.address, "cpus": n.cpus, "gpus": n.gpus,
+              "gpu_memory_gb": n.gpu_memory_gb} for n in cluster_nodes()]
+    resident = []
+    for entry in ray.get(registry_actor().entries.remote()):
+        row = {"name": entry["name"], "kind": entry["kind"], "model": entry["model"],
+               "keep_alive_s": entry.get("keep_alive_s")}
+        if entry["kind"] == "model":
+            try:
+                stats = ray.get(actor_handle(entry["name"]).stats.remote(), timeout=10)
+                row.update(loaded=stats["loaded"], running=min(1, stats["in_flight"]),
+                           queued=max(0, stats["in_flight"] - 1), calls=stats["calls"],
+                           idle_seconds=stats["idle_seconds"], node_id=stats["node_id"])
+            except Exception as exc:  # noqa: BLE001 - a replica restarting or retiring right now
+                row["state"] = type(exc).__name__
+        resident.append(row)
+    return {
+        "nodes": nodes,
+        "available": {k: available.get(k, 0.0) for k in ("CPU", "GPU", GPU_MEMORY_RESOURCE)},
+        "resident": resident,
+    }
+
+
+def bring_down(stop_ray: bool = False) -> list[str]:
+    import ray
+
+    from cluster.resident import registry_actor
+
+    registry = registry_actor()
+    released = ray.get(registry.release.remote())
+    ray.kill(registry, no_restart=True)
+    if stop_ray:
+        ray.shutdown()
+        command = ray_cli()
+        if command:
+            subprocess.run([command, "stop"], capture_output=True, timeout=120)
+    return released

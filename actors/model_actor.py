@@ -6,9 +6,9 @@ there), `concurrent_limit` at once on a remote-API replica. `cancel`, `info` and
 run in their own "control" group, so they get through however many calls are queued.
 
 A resident replica (a warm cluster's) may retire itself after `keep_alive_s` idle
-seconds: it removes its own placement group, which ends the actor and frees its GPU
-memory and its share of the cluster's resources; the next run that needs the model
-loads it again.
+seconds: it asks the ResidentRegistry to release it, which ends the actor and removes its
+placement group, freeing its GPU memory and its share of the cluster's resources; the
+next run that needs the model loads it again.
 """
 
 from __future__ import annotations
@@ -142,13 +142,20 @@ class ModelWorker:
                 return
 
     def _retire(self) -> None:
-        from ray.util.placement_group import get_current_placement_group, remove_placement_group
+        # The registry kills this replica without restart and then removes its placement group:
+        # removing the group first would leave a detached, restartable actor "restarting" forever.
+        from cluster.resident import REGISTRY_NAME
 
-        group = get_current_placement_group()
-        if group is not None:
-            remove_placement_group(group)  # ends this actor with its bundle
+        context = ray.get_runtime_context()
+        name = context.get_actor_name()
+        try:
+            registry = ray.get_actor(REGISTRY_NAME, namespace=context.namespace)
+        except ValueError:
+            registry = None
+        if name and registry is not None:
+            registry.release.remote(names=[name])
         else:
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            ray.kill(context.current_actor, no_restart=True)
 
 
 ModelActor = ray.remote(concurrency_groups={CONTROL: 2})(ModelWorker)

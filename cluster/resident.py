@@ -36,6 +36,13 @@ class ResidentRegistry:
         self.namespace = namespace
         self.meta: dict[str, dict] = {}  # actor name -> what `status` shows
 
+    def _exists(self, name: str) -> bool:
+        try:
+            ray.get_actor(name, namespace=self.namespace)
+            return True
+        except ValueError:
+            return False
+
     def _alive(self, name: str) -> bool:
         try:
             ray.get_actor(name, namespace=self.namespace)
@@ -47,8 +54,9 @@ class ResidentRegistry:
     def ensure_model(self, spec: ModelSpec, count: int, bundle: dict[str, float], options: dict[str, Any],
                      cache_root: str, credentials, keep_alive_s: float | None, rate_window_s: float,
                      placement_timeout: float) -> dict:
-        """The model's live resident replicas, adding up to `count` of them if fewer are alive.
-        Returns {"names": [...], "created": [...], "error": str | None}."""
+        """The model's live resident replicas as they are; when none is alive, `count` new ones.
+        (A warm cluster's size is what `cluster up --replicas` made it: runs share it rather than
+        grow it.) Returns {"names": [...], "created": [...], "error": str | None}."""
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -56,6 +64,8 @@ class ResidentRegistry:
 
         prefix = model_prefix(spec)
         names = [n for n in sorted(self.meta) if n.startswith(prefix) and self._alive(n)]
+        if names:
+            return {"names": names, "created": [], "error": None}
         created, error = [], None
         index = 0
         while len(names) < count:
@@ -112,6 +122,10 @@ class ResidentRegistry:
                 ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
             except ValueError:
                 pass
+            # the kill is asynchronous; the name must be free before a new replica may take it
+            deadline = time.monotonic() + 10
+            while self._exists(name) and time.monotonic() < deadline:
+                time.sleep(0.05)
             if meta.get("placement_group") is not None:
                 try:
                     remove_placement_group(meta["placement_group"])

@@ -125,3 +125,34 @@ def gcs_emulator():
     server.start()
     yield f"127.0.0.1:{port}"
     server.stop()
+
+
+def _resident_registry():
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from cluster.ray_runtime import NAMESPACE
+    from cluster.resident import REGISTRY_NAME
+
+    try:
+        return ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def _release_resident_replicas():
+    """Runs joining the session cluster with --address leave warm replicas behind, as they should
+    on a real cluster; here they would hold the next test's resources, so the ones a test made go
+    when it ends (a module's own warm replicas, made before, stay for its other tests)."""
+    import ray
+
+    registry = _resident_registry()
+    before = {e["name"] for e in ray.get(registry.entries.remote())} if registry else set()
+    yield
+    registry = _resident_registry()
+    if registry is not None:
+        made = [e["name"] for e in ray.get(registry.entries.remote()) if e["name"] not in before]
+        if made:
+            ray.get(registry.release.remote(names=made))

@@ -63,6 +63,24 @@ def main() -> None:
                                   models="small", image_count=4, max_parallel=4)
             # a model no card can hold fails fast
             results["too_big"] = run("big", {"huge": {"gpus": 1, "gpu_memory_gb": 40}}, models="huge")
+            # a warm cluster: three resident 16 GB replicas, one per card, found warm by two runs
+            from cluster.warm import bring_down, bring_up
+            from models.scorers import load_scoring
+
+            folder = base / "warm"
+            folder.mkdir()
+            registry = scripted_registry(folder, {"mid": {"gpus": 0.5, "gpu_memory_gb": 16, "script": {"latency": 0.3}}})
+            up = bring_up(registry, ["mid"], load_scoring(), "none", quick_limits(), replicas=3)
+            runs = []
+            for name in ("w1", "w2"):
+                request = make_request(registry, folder, folder_name=str(folder / name), models="mid", image_count=3,
+                                       max_parallel=3)
+                run_generation(request, registry, quick_limits(), resident=True)
+                report = read_json(folder / name / "metadata/generation-report.json")
+                runs.append({"warm": report["models"]["mid"]["warm"],
+                             "nodes": [r["node_id"] for r in report["models"]["mid"]["replicas"]],
+                             "images": report["generation_summary"]["successful_generations"]})
+            results["warm"] = {"replicas": up.models["mid"]["replicas"], "runs": runs, "released": len(bring_down())}
     finally:
         ray.shutdown()
         cluster.shutdown()

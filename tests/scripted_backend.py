@@ -9,6 +9,7 @@ a `custom` backend in a test models.yaml whose `call_args` is the script:
   fail_calls: [1, 2]    global call numbers that fail ...   fail_code: IMG_006   ... with this code
   hang: 30              seconds a call hangs (cancellable unless ignore_cancel: true)
   hang_calls: [1]       which calls hang (default: all, when hang is set)
+  ignore_budget: true   do not stop at the call's own timeout_per_image (only the driver's cancel does)
   crash_calls: [3]      global call numbers whose process exits hard (the replica dies)
   sharp_variations: [detailed]  prompt variations that yield a sharp image (others are blurred)
 """
@@ -99,7 +100,9 @@ class ScriptedGenerator:
 
     def generate(self, tasks: list[ImageTask], call_id: str = "", options=None) -> list[GeneratedImage]:
         with self._lock:
-            budget_end = time.monotonic() + options.budget_s if options is not None and options.budget_s else None
+            budget_end = None
+            if options is not None and options.budget_s and not self.script.get("ignore_budget"):
+                budget_end = time.monotonic() + options.budget_s
             number = bump_counter(self.script["counter"]) if self.script.get("counter") else 0
             self._log(event="start", call=call_id, n=len(tasks), number=number,
                       indices=[t.index for t in tasks], prompts=[t.prompt for t in tasks])

@@ -91,3 +91,7 @@ def test_multinode_cluster_spreads_packs_and_fails_fast():
     big = seen["too_big"]
     assert big["error"] == "IMG_010" and big["seconds"] < 5
     assert "gpu_memory_gb=40" in big["message"]
+    warm = seen["warm"]
+    assert warm["replicas"] == 3 and warm["released"] == 3
+    for run in warm["runs"]:
+        assert run["warm"] is True and run["images"] == 3 and len(set(run["nodes"])) == 3

@@ -79,7 +79,7 @@ def test_batches_are_split_evenly_over_replicas(tmp_path):
 
 def test_timeout_cancels_that_image_and_the_run_goes_on(tmp_path):
     registry = scripted_registry(tmp_path, {
-        "slow": {"remote": True, "script": {"latency": 0.05, "hang": 30, "hang_calls": [1]}},
+        "slow": {"remote": True, "script": {"latency": 0.05, "hang": 30, "hang_calls": [1], "ignore_budget": True}},
     })
     request = make_request(registry, tmp_path, models="slow", image_count=3, max_parallel=3)
     started = time.monotonic()

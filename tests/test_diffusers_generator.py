@@ -1,0 +1,49 @@
+"""The diffusers generator itself (no Ray): seeds, batching, cancellation, its own time budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.diffusers_generator import DiffusersGenerator
+from cluster import env
+from cluster.errors import ImageGenError
+from cluster.png import decode, read_parameters
+from cluster.work import CallOptions, ImageTask
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tiny_models, registry):
+    return DiffusersGenerator(registry.get("tiny-sd"), env.cache_dir(), "tiny-sd-test")
+
+
+def task(index: int, seed: int) -> ImageTask:
+    return ImageTask(index, "tiny-sd", "a lighthouse at dusk", seed, 64, 64, 2, 1.0)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(decode(image.png), dtype=int)
+
+
+def test_a_batch_gives_each_image_what_its_seed_gives_alone(tiny_sd):
+    alone = tiny_sd.generate([task(0, 5)])
+    batch = tiny_sd.generate([task(0, 5), task(1, 6)])
+    assert np.abs(pixels(alone[0]) - pixels(batch[0])).max() <= 1  # one generator per image
+    assert np.abs(pixels(batch[0]) - pixels(batch[1])).mean() > 5  # a different seed, a different image
+    assert read_parameters(batch[1].png)["seed"] == 6
+    assert (batch[0].width, batch[0].height, batch[0].weights) == (64, 64, "random")
+    assert tiny_sd.device == "cpu" and tiny_sd.load_seconds > 0
+
+
+def test_cancel_stops_the_call_at_its_next_step(tiny_sd):
+    tiny_sd.cancel("call-1", "IMG_003", "timeout_per_image reached")
+    with pytest.raises(ImageGenError) as info:
+        tiny_sd.generate([task(0, 1)], "call-1")
+    assert info.value.code == "IMG_003" and "at step" in info.value.message
+    assert tiny_sd.generate([task(0, 1)], "call-2")  # the pipeline is fine afterwards
+
+
+def test_the_call_keeps_its_own_time_budget(tiny_sd):
+    with pytest.raises(ImageGenError) as info:
+        tiny_sd.generate([task(0, 1)], "call-3", CallOptions(budget_s=0.0))
+    assert info.value.code == "IMG_003" and "timeout_per_image" in info.value.message

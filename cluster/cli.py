@@ -8,6 +8,7 @@ manifests share one set of rules and messages.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -136,10 +137,10 @@ def _batch(args: argparse.Namespace) -> int:
     limits = load_limits(args.limits)
     at_once = _positive_int(args.entries_at_once, "--entries-at-once")
     entries = build_entries(Path(args.manifest), registry, {"scorer": args.scorer})
-    events = Events(*choose_sinks(args.json))
     import ray
 
-    with StopOnSignal() as stop, RayRuntime(args.address, args.debug):
+    with StopOnSignal() as stop, machine_stdout(args.json) as out, RayRuntime(args.address, args.debug):
+        events = Events(*choose_sinks(args.json, out=out))
         before = {e["name"] for e in ray.get(registry_actor().entries.remote())}
         try:
             results = run_batch(entries, registry, limits, events=events, stop=stop.event, entries_at_once=at_once,
@@ -148,9 +149,10 @@ def _batch(args: argparse.Namespace) -> int:
             if args.address is None:  # an embedded cluster's warm replicas end with the batch
                 created = [e["name"] for e in ray.get(registry_actor().entries.remote()) if e["name"] not in before]
                 ray.get(registry_actor().release.remote(names=created))
-    if args.json:
-        print(json.dumps({"event": "batch_summary", "entries": [r.__dict__ for r in results]}), flush=True)
-    else:
+        if args.json:
+            print(json.dumps({"event": "batch_summary", "entries": [r.__dict__ for r in results]}), file=out,
+                  flush=True)
+    if not args.json:
         print(summary_table(results))
     if stop.event.is_set():
         return 130 if stop.signal != signal.SIGTERM else 143
@@ -285,19 +287,34 @@ def _generate(args: argparse.Namespace) -> int:
     raw["debug"] = "true" if args.debug else None
     request = parse_request(raw, registry)
 
-    with StopOnSignal() as stop:
-        result = run_generation(request, registry, limits, events=Events(*choose_sinks(args.json)), stop=stop.event,
-                                history=History(args.history_db))
-    if args.json:
-        print(json.dumps({"event": "summary", "status": result.outcome.status, "exit_code": result.exit_code,
-                          "outputs": result.outputs}, ensure_ascii=False), flush=True)
-    else:
+    with StopOnSignal() as stop, machine_stdout(args.json) as out:
+        result = run_generation(request, registry, limits, events=Events(*choose_sinks(args.json, out=out)),
+                                stop=stop.event, history=History(args.history_db))
+        if args.json:
+            print(json.dumps({"event": "summary", "status": result.outcome.status, "exit_code": result.exit_code,
+                              "outputs": result.outputs}, ensure_ascii=False), file=out, flush=True)
+    if not args.json:
         _print_summary(result)
     if result.outcome.error is not None and result.exit_code != 0:
         print(f"error {result.outcome.error.code}: {result.outcome.error.message}", file=sys.stderr)
     if stop.signal == signal.SIGTERM:
         return 143
     return result.exit_code
+
+
+@contextlib.contextmanager
+def machine_stdout(json_mode: bool):
+    """With --json, stdout carries JSON lines only: anything else printed meanwhile (Ray's own
+    messages from the cluster, for one) goes to stderr."""
+    real = sys.stdout
+    if not json_mode:
+        yield real
+        return
+    sys.stdout = sys.stderr
+    try:
+        yield real
+    finally:
+        sys.stdout = real
 
 
 class StopOnSignal:

@@ -115,9 +115,10 @@ def json_lines(stream: TextIO | None = None) -> Sink:
     return sink
 
 
-def choose_sinks(json_mode: bool, stream: TextIO | None = None) -> list[Sink]:
+def choose_sinks(json_mode: bool, stream: TextIO | None = None, out: TextIO | None = None) -> list[Sink]:
+    """JSON lines to `out` (stdout), else a live display on a terminal, else plain lines."""
     if json_mode:
-        return [json_lines()]
+        return [json_lines(out)]
     err = stream or sys.stderr
     if err.isatty():
         return [rich_display(err)]

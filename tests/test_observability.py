@@ -78,16 +78,20 @@ def test_metrics_in_the_report_and_in_prometheus(tmp_path):
     assert metrics["quality_metrics"]["average_quality_scores_by_model"]["metric-model"] > 0
 
     port = SESSION_INFO["context"].address_info["metrics_export_port"]
+
+    def generated_count(body: str) -> float | None:
+        lines = [line for line in body.splitlines()
+                 if line.startswith("ray_kamui_images_generated_total{") and 'model="metric-model"' in line]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else None
+
     deadline = time.monotonic() + 30
     body = ""
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # exported once a second: wait for the last export
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        if 'ray_kamui_images_generated_total{' in body and 'model="metric-model"' in body:
+        if generated_count(body) == 2.0 and 'code="IMG_023"' in body:
             break
         time.sleep(1)
-    generated_lines = [l for l in body.splitlines()
-                       if l.startswith("ray_kamui_images_generated_total{") and 'model="metric-model"' in l]
-    assert generated_lines and float(generated_lines[0].rsplit(" ", 1)[1]) == 2.0
+    assert generated_count(body) == 2.0
     failed_lines = [l for l in body.splitlines() if l.startswith("ray_kamui_images_failed_total{") and 'code="IMG_023"' in l]
     assert failed_lines
     assert "ray_kamui_generation_seconds_bucket" in body and "ray_kamui_calls_in_flight" in body

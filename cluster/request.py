@@ -164,17 +164,7 @@ def parse_upload_uri(value: str | None) -> str | None:
 
 
 def parse_image_count(value: str | None) -> int:
-    if value is None or not value.strip():
-        return 1
-    try:
-        count = int(value.strip())
-    except ValueError:
-        raise ImageGenError(
-            "IMG_001", f"--image-count {value!r} is not a whole number; give 1 to {MAX_IMAGE_COUNT}."
-        ) from None
-    if not 1 <= count <= MAX_IMAGE_COUNT:
-        raise ImageGenError("IMG_001", f"--image-count {count} is out of range; give 1 to {MAX_IMAGE_COUNT}.")
-    return count
+    return _parse_int(value, "--image-count", 1, MAX_IMAGE_COUNT, "IMG_001", default=1)
 
 
 def parse_models(value: str | None, registry: Registry) -> tuple[str, ...]:

@@ -23,24 +23,26 @@ BUILDERS = {"tiny-flux": "_build_tiny_flux", "tiny-sd": "_build_tiny_sd"}
 
 
 def tiny_pipeline_dir(name: str, cache_root: Path) -> Path:
-    """The folder holding the saved pipeline `name`, building it on first use.
-
-    Safe when several actors build at once: each builds into its own temporary folder
-    and the first to rename it into place wins.
-    """
+    """The folder holding the saved pipeline `name`, building it on first use."""
     if name not in BUILDERS:
         raise KeyError(name)
     target = cache_root / "tiny" / f"{name}-{TINY_VERSION}"
-    if (target / "model_index.json").is_file():
+    return _build_once(target, "model_index.json", lambda scratch: globals()[BUILDERS[name]]().save_pretrained(scratch))
+
+
+def _build_once(target: Path, marker: str, build) -> Path:
+    """`target`, made by `build(folder)` unless already there. Safe when several actors build at
+    once: each builds into its own temporary folder and the first to rename it into place wins."""
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        globals()[BUILDERS[name]]().save_pretrained(scratch)
+        build(scratch)
         try:
             os.rename(scratch, target)
         except OSError:
-            if not (target / "model_index.json").is_file():
+            if not (target / marker).is_file():
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -174,28 +176,17 @@ TINY_CLIP_CONFIG = {
 def tiny_clip_dir(cache_root: Path) -> Path:
     """An open_clip `local-dir:` model (config + safetensors) with tiny towers and random weights.
     Its tokenizer is open_clip's bundled BPE vocabulary, so nothing is fetched."""
-    target = cache_root / "tiny" / f"tiny-clip-{TINY_VERSION}"
-    if (target / "open_clip_config.json").is_file():
-        return target
-    import torch
-    from open_clip.model import CLIP
-    from safetensors.torch import save_file
+    def build(folder: Path) -> None:
+        import torch
+        from open_clip.model import CLIP
+        from safetensors.torch import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=target.parent))
-    try:
         torch.manual_seed(0)
         model = CLIP(**TINY_CLIP_CONFIG)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(scratch / "open_clip_model.safetensors"))
-        (scratch / "open_clip_config.json").write_text(json.dumps({
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+        (folder / "open_clip_config.json").write_text(json.dumps({
             "model_cfg": TINY_CLIP_CONFIG,
             "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
         }))
-        try:
-            os.rename(scratch, target)
-        except OSError:
-            if not (target / "open_clip_config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+
+    return _build_once(cache_root / "tiny" / f"tiny-clip-{TINY_VERSION}", "open_clip_config.json", build)

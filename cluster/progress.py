@@ -29,6 +29,7 @@ class ProgressState:
         self.models: dict[str, ModelProgress] = {}
         self.started = time.monotonic()
         self.finished: dict | None = None
+        self.entries = {"total": 0, "done": 0, "failed": 0, "skipped": 0}  # a batch's entries
 
     def model(self, name: str) -> ModelProgress:
         return self.models.setdefault(name, ModelProgress())
@@ -59,8 +60,14 @@ class ProgressState:
         elif kind == "image_moved":
             self.model(event["from_model"]).total -= 1
             self.model(event["to_model"]).total += 1
-        elif kind == "run_finished":
+        elif kind == "run_finished" and "entry" not in event:
             self.finished = event
+        elif kind == "batch_started":
+            self.entries.update(total=event["entries"], skipped=event["skipped"])
+        elif kind == "entry_finished":
+            self.entries["done" if event.get("status") in ("completed", "partial") else "failed"] += 1
+        elif kind == "entry_invalid":
+            self.entries["failed"] += 1
 
     def eta_seconds(self, name: str) -> float | None:
         progress = self.models[name]
@@ -84,7 +91,10 @@ def rich_display(stream: TextIO | None = None):
     live = Live(console=console, refresh_per_second=4, transient=False)
 
     def render() -> Table:
-        table = Table(title="multi-image", expand=False)
+        entries = state.entries
+        caption = (f"batch: {entries['done'] + entries['skipped']}/{entries['total']} entries done "
+                   f"({entries['skipped']} skipped), {entries['failed']} failed") if entries["total"] else None
+        table = Table(title="multi-image", caption=caption, expand=False)
         for column in ("model", "state", "done", "running", "failed", "ETA"):
             table.add_column(column, justify="left" if column in ("model", "state") else "right")
         for name, progress in state.models.items():
@@ -95,10 +105,12 @@ def rich_display(stream: TextIO | None = None):
 
     def sink(event: dict[str, Any]) -> None:
         state.apply(event)
-        if event["event"] == "run_started":
+        kind = event["event"]
+        if kind in ("run_started", "batch_started") and not live.is_started:
             live.start()
         live.update(render(), refresh=True)
-        if event["event"] == "run_finished":
+        # one run ends the display; a batch's runs (tagged with their entry) end with the batch
+        if kind == "batch_finished" or (kind == "run_finished" and "entry" not in event):
             live.stop()
 
     sink.state = state  # type: ignore[attr-defined]

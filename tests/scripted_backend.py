@@ -12,6 +12,7 @@ a `custom` backend in a test models.yaml whose `call_args` is the script:
   ignore_budget: true   do not stop at the call's own timeout_per_image (only the driver's cancel does)
   crash_calls: [3]      global call numbers whose process exits hard (the replica dies)
   sharp_variations: [detailed]  prompt variations that yield a sharp image (others are blurred)
+  fill_disk: /path/file  on the first call, fill that file's filesystem (a "disk full" mid-run)
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ def read_log(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fill(path: str) -> None:
+    """Write zeros until the filesystem is full."""
+    block = b"\0" * (1 << 20)
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(block)
+                handle.flush()
+        except OSError:
+            pass
 
 
 def max_overlap(events: list[dict]) -> int:
@@ -109,6 +122,8 @@ class ScriptedGenerator:
             try:
                 if number in self.script.get("crash_calls", []):
                     os._exit(1)
+                if self.script.get("fill_disk") and number == 1:
+                    _fill(self.script["fill_disk"])
                 hang_calls = self.script.get("hang_calls")
                 if self.script.get("hang") and (hang_calls is None or number in hang_calls):
                     self._sleep(float(self.script["hang"]), call_id, not self.script.get("ignore_cancel", False),

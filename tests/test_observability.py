@@ -37,6 +37,18 @@ def test_progress_state_counts_per_model_and_estimates():
     assert state.eta_seconds("a") is not None and state.eta_seconds("b") == 0.0
 
 
+def test_progress_counts_a_batchs_entries():
+    state = ProgressState()
+    for event in [{"event": "batch_started", "entries": 4, "to_run": 3, "skipped": 1},
+                  {"event": "entry_invalid", "entry": "x"},
+                  {"event": "run_started", "entry": "a", "planned": {"m": 1}},
+                  {"event": "run_finished", "entry": "a", "status": "completed"},
+                  {"event": "entry_finished", "entry": "a", "status": "completed"}]:
+        state.apply(event)
+    assert state.entries == {"total": 4, "done": 1, "failed": 1, "skipped": 1}
+    assert state.finished is None  # an entry's run finishing does not end the batch's display
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_json_mode_prints_machine_readable_events(tmp_path, capsys):
     registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})

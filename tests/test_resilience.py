@@ -124,6 +124,23 @@ def test_a_full_disk_is_img_005_before_any_generation(tmp_path, tiny_disk, regis
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_a_disk_that_fills_during_the_run_is_img_005_and_leaves_no_temporary_files(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05, "fill_disk": str(mount / "hog")}}})
+        request = make_request(registry, tmp_path, models="local", folder_name=str(mount / "out"), image_count=2)
+        with pytest.raises(ImageGenError) as info:
+            run_generation(request, registry, quick_limits())
+        assert info.value.code == "IMG_005" and "temporary files were removed" in info.value.message
+        assert sorted(p.name for p in mount.iterdir()) == ["hog"]  # no staging folder, no half-written output
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_new_work_and_writes_a_consistent_partial_report(tmp_path, signum, exit_code):
     import ray

@@ -24,7 +24,7 @@ def main() -> None:
     from tests.helpers import make_request, quick_limits, read_json, scripted_registry
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
-    for _ in range(3):
+    for _ in range(4):  # the fourth replaces the node the "node lost" scenario removes
         cluster.add_node(num_cpus=4, num_gpus=1, resources={GPU_MEMORY_RESOURCE: 24})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="kamui-multi-image", log_to_driver=False, logging_level="ERROR")
@@ -63,6 +63,35 @@ def main() -> None:
                                   models="small", image_count=4, max_parallel=4)
             # a model no card can hold fails fast
             results["too_big"] = run("big", {"huge": {"gpus": 1, "gpu_memory_gb": 40}}, models="huge")
+            # a node lost mid-run: its replica comes back on another node and the run completes
+            import threading
+
+            from tests.scripted_backend import read_log
+
+            folder = base / "lost"
+            folder.mkdir()
+            registry = scripted_registry(folder, {"mid": {"gpus": 0.5, "gpu_memory_gb": 16, "script": {"latency": 0.5}}})
+            request = make_request(registry, folder, folder_name=str(folder / "out"), models="mid", image_count=6,
+                                   max_parallel=1)
+            holder: dict = {}
+            runner = threading.Thread(target=lambda: holder.update(r=run_generation(request, registry, quick_limits())))
+            runner.start()
+            deadline = time.monotonic() + 60
+            first = []
+            while not first and time.monotonic() < deadline:
+                first = [e for e in read_log(folder / "calls.jsonl") if e["event"] == "start"]
+                time.sleep(0.1)
+            victim = next(n for n in cluster.list_all_nodes() if n.node_id == first[0]["node"])
+            cluster.remove_node(victim)
+            runner.join(timeout=120)
+            outcome = holder["r"].outcome
+            starts = [e for e in read_log(folder / "calls.jsonl") if e["event"] == "start"]
+            results["node_lost"] = {
+                "images": len(outcome.images), "victim": victim.node_id,
+                "nodes": sorted({e["node"] for e in starts}),
+                "restarts": max(i.restarts for infos in outcome.replicas.values() for i in infos),
+            }
+
             # a warm cluster: three resident 16 GB replicas, one per card, found warm by two runs
             from cluster.warm import bring_down, bring_up
             from models.scorers import load_scoring

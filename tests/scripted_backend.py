@@ -33,6 +33,15 @@ from cluster.png import encode_png
 from cluster.work import GeneratedImage, ImageTask
 
 
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (plain unit use)
+        return None
+
+
 def bump_counter(path: str) -> int:
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -92,7 +101,7 @@ class ScriptedGenerator:
     def _log(self, **record) -> None:
         path = self.script.get("log")
         if path:
-            line = json.dumps({"t": time.time(), "replica": self.replica, "pid": os.getpid(),
+            line = json.dumps({"t": time.time(), "replica": self.replica, "pid": os.getpid(), "node": _node_id(),
                                "model": self.spec.id, **record})
             with open(path, "a") as handle:
                 handle.write(line + "\n")

@@ -81,7 +81,7 @@ def test_multinode_cluster_spreads_packs_and_fails_fast():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert seen["nodes"] == 4
+    assert seen["nodes"] == 5
     spread = seen["spread"]
     assert spread["images"] == 3 and len(set(spread["nodes"]["mid"])) == 3  # one 16 GB replica per card
     two = seen["two_models"]
@@ -91,6 +91,9 @@ def test_multinode_cluster_spreads_packs_and_fails_fast():
     big = seen["too_big"]
     assert big["error"] == "IMG_010" and big["seconds"] < 5
     assert "gpu_memory_gb=40" in big["message"]
+    lost = seen["node_lost"]
+    assert lost["images"] == 6 and lost["restarts"] >= 1
+    assert lost["victim"] in lost["nodes"] and len(lost["nodes"]) == 2  # the replica moved to another node
     warm = seen["warm"]
     assert warm["replicas"] == 3 and warm["released"] == 3
     for run in warm["runs"]:

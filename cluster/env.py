@@ -26,14 +26,6 @@ def github_output_path() -> Path | None:
     return Path(value) if value else None
 
 
-def ray_address() -> str | None:
-    return os.environ.get("RAY_ADDRESS") or None
-
-
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 @dataclass(frozen=True)
 class GoogleCredentials:
     """What google-genai needs, gathered once. `api_key` must never be logged."""

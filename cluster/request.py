@@ -56,10 +56,6 @@ class GenerationRequest(BaseModel):
     debug: bool = False
 
     @property
-    def auto(self) -> bool:
-        return not self.models
-
-    @property
     def models_input(self) -> str:
         return ",".join(self.models) if self.models else "auto"
 

@@ -13,8 +13,6 @@ evidence and do not count as tried.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from cluster.work import GeneratedImage, ImageTask
 
 # (name, suffix) — appended to the user's prompt; "original" leaves it untouched.
@@ -102,6 +100,3 @@ def _with_variation(task: ImageTask, variation: str) -> ImageTask:
     base = task.prompt
     return replace(task, prompt=apply_variation(base, variation), prompt_variation=variation)
 
-
-TaskSource = StaticSource | SequentialSource
-Scorer = Callable[[GeneratedImage], float]

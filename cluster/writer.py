@@ -30,7 +30,6 @@ from cluster.report import RunOutcome, comparison_markdown, generation_report, q
 
 PRIMARY_NAME = "generated-image.png"
 REPORT_REL = Path("metadata") / "generation-report.json"
-COMPARISON_REL = Path("metadata") / "model-comparison.md"
 
 
 @dataclass
@@ -38,7 +37,6 @@ class WrittenRun:
     folder: Path
     report: dict
     report_path: Path
-    comparison_path: Path
     urls: list[str]
     primary_url: str
 
@@ -90,7 +88,7 @@ def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return WrittenRun(folder, report, folder / REPORT_REL, folder / COMPARISON_REL, urls, primary_url)
+    return WrittenRun(folder, report, folder / REPORT_REL, urls, primary_url)
 
 
 def primary_url_of(outcome: RunOutcome) -> str:

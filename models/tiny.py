@@ -101,7 +101,7 @@ def _t5_tokenizer(max_length: int = 64):
         return AutoTokenizer.from_pretrained(tmp)
 
 
-def _clip_text_encoder(vocab_size: int, with_projection: bool = False):
+def _clip_text_encoder(vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(

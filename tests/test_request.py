@@ -28,7 +28,7 @@ def test_defaults_follow_the_design_card(registry, tmp_path):
     assert req.folder_name == tmp_path / "out"
     assert (req.image_count, req.models, req.generation_strategy) == (1, (), "smart")
     assert (req.enable_comparison, req.quality_threshold, req.max_parallel) == (False, 0.7, 3)
-    assert req.auto and req.models_input == "auto"
+    assert req.models_input == "auto"
 
 
 def test_values_are_parsed_from_strings(registry, tmp_path):

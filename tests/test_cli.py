@@ -62,3 +62,25 @@ def test_driver_side_modules_import_without_torch():
         "models.selection; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_readme_documents_every_flag_of_every_command():
+    """The README cannot fall behind the CLI: every option of every (sub)command is named there."""
+    import argparse
+    from pathlib import Path
+
+    from cluster.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme += (Path(__file__).resolve().parent.parent / "docs" / "warm-cluster.md").read_text(encoding="utf-8")
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    missing = sorted({flag for p in parsers(build_parser()) for a in p._actions for flag in a.option_strings
+                      if flag.startswith("--") and flag != "--help" and flag not in readme})
+    assert not missing, f"README does not mention: {missing}"

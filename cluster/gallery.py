@@ -43,7 +43,8 @@ dt{color:#9aa3b2}dd{margin:0}.note{color:#f0b429;margin:.5rem 0 0}
 .card.primary{border-color:#3fb950}.card img{width:100%;height:auto;image-rendering:pixelated;border-radius:4px}
 .badge{display:inline-block;font-size:.75rem;padding:0 .4rem;border-radius:4px;margin-right:.3rem}
 .badge.primary{background:#3fb950;color:#000}.badge.below{background:#d29922;color:#000}
-.card dl{display:grid;grid-template-columns:auto 1fr;gap:.1rem .6rem;margin:.4rem 0 0;font-size:.85rem}
+.card dl{display:grid;grid-template-columns:auto minmax(0,1fr);gap:.1rem .6rem;margin:.4rem 0 0;font-size:.85rem}
+.card dd{overflow-wrap:anywhere}
 .unavailable{color:#9aa3b2}li.failed{margin:.3rem 0}code{color:#ff7b72}
 table{border-collapse:collapse}th,td{border:1px solid #333;padding:.3rem .5rem;text-align:center}
 td img{width:72px;height:auto;image-rendering:pixelated}

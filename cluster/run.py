@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from cluster import env
-from cluster.errors import ImageGenError
+from cluster.errors import ImageGenError, describe_exception
 from cluster.events import Events
 from cluster.gallery import render_gallery
 from cluster.github_output import append_outputs
@@ -124,6 +124,8 @@ def run_generation(
             finally:
                 pool.release()
             try:
+                # every image scored together by one scorer, so scores compare; the sequential
+                # strategy's per-image scores only steered its prompts
                 schedule.images.sort(key=lambda i: i.task.index)
                 scores = run_scorer.score(schedule.images)
                 scorer_info = run_scorer.describe()
@@ -182,7 +184,8 @@ def _ray_metrics_sink(events: Events):
     """Prometheus metrics through Ray, when the cluster exports them; a run never fails for them."""
     try:
         sink = RayMetricsSink()
-    except Exception:  # noqa: BLE001 - e.g. a Ray build without the metrics agent
+    except Exception as exc:  # noqa: BLE001 - e.g. a Ray build without the metrics agent
+        events.emit("metrics_unavailable", message=describe_exception(exc))
         return None
     events.sinks.append(sink)
     return sink

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from cluster import env
+from cluster.errors import describe_exception
 from cluster.events import Events
 from cluster.placement import GPU_MEMORY_RESOURCE, NodeCapacity, smallest_card_gb, uses_gpus
 from cluster.png import decode
@@ -98,7 +99,13 @@ class ActorScorer:
         if not self._ready():
             return self._fallback.score(images)
         items = [ScoreItem(i.png, i.task.prompt, i.task.width, i.task.height, i.nonfinite_fraction) for i in images]
-        return ray.get(self.actor.score.remote(items))
+        try:
+            return ray.get(self.actor.score.remote(items))
+        except Exception as exc:  # noqa: BLE001 - a scorer lost mid-run must not cost the run its images
+            reason = f"CLIP scorer {self.spec.id!r} failed while scoring: {describe_exception(exc)}"
+            self._fallback = WeightFreeScorer(reason)
+            self.events.emit("scorer_failed", scorer=self.spec.id, message=reason)
+            return self._fallback.score(images)
 
     def describe(self) -> dict:
         """What scored (waits for the scorer to finish loading)."""

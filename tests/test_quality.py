@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from actors.clip_scorer import AESTHETIC_EMBED_DIM, ClipScorer, ScoreItem, aesthetic_mlp
@@ -162,3 +163,15 @@ def test_run_with_tiny_clip_writes_every_score(tmp_path):
     assert comparison["best_quality_model"] in ("one", "two") and comparison["most_consistent_model"] in ("one", "two")
     table = (tmp_path / "out/metadata/model-comparison.md").read_text()
     assert "| one |" in table and "| two |" in table and "same seeds for every model" in table
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_scorer_lost_mid_run_falls_back_and_says_why():
+    from cluster.placement import cluster_nodes
+
+    scorer = ActorScorer(load_scoring().get("tiny-clip"), cluster_nodes())
+    assert scorer.describe()["name"] == "tiny-clip"  # loaded
+    ray.kill(scorer.actor, no_restart=True)
+    scores = scorer.score([generated(0, "m", 0)])
+    assert scores[0].detailed["prompt_alignment"] is None and scores[0].detailed["technical_quality"] is not None
+    assert "failed while scoring" in scorer.describe()["note"]

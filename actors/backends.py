@@ -11,11 +11,12 @@ from pathlib import Path
 from models.registry import ModelSpec
 
 
-def make_backend(spec: ModelSpec, cache_root: Path, replica: str, credentials=None):
+def make_backend(spec: ModelSpec, cache_root: Path, replica: str, credentials=None,
+                 gpu_reserve_gb: float | None = None):
     if spec.backend == "diffusers":
         from actors.diffusers_generator import DiffusersGenerator
 
-        return DiffusersGenerator(spec, cache_root, replica)
+        return DiffusersGenerator(spec, cache_root, replica, gpu_reserve_gb)
     if spec.backend == "imagen":
         from actors.google_generator import GoogleImageGenerator
 

@@ -23,8 +23,20 @@ class GenerationCancelled(ImageGenError):
     pass
 
 
+def card_placement(free_bytes: list[int]) -> dict:
+    """How the pipeline goes onto the cards Ray assigned this replica (`free_bytes`: free memory of
+    each visible card). One card: the whole pipeline on it. Several: its components spread over
+    them by diffusers' `balanced` device map, each card filled to 95% of what is free at most
+    (CUDA's own context and fragmentation take the rest)."""
+    if len(free_bytes) <= 1:
+        return {}
+    return {"device_map": "balanced", "max_memory": {i: int(free * 0.95) for i, free in enumerate(free_bytes)}}
+
+
 class DiffusersGenerator:
-    def __init__(self, spec: ModelSpec, cache_root: Path, replica: str = ""):
+    def __init__(self, spec: ModelSpec, cache_root: Path, replica: str = "", gpu_reserve_gb: float | None = None):
+        """`gpu_reserve_gb`: the GPU memory this replica's placement reserved (weights and the
+        activations of its batch); checked against what the assigned cards really have free."""
         import torch
         import diffusers
         from diffusers.utils import logging as diffusers_logging
@@ -45,15 +57,21 @@ class DiffusersGenerator:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         # bf16 on CPU is slow and some ops lack kernels; CPU runs are for tests and demos.
         self.dtype = getattr(torch, spec.dtype) if self.device == "cuda" else torch.float32
+        placement: dict = {}
         if self.device == "cuda":
-            self._check_free_memory()
-            torch.cuda.reset_peak_memory_stats()
+            free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+            self._check_free_memory(free, gpu_reserve_gb if gpu_reserve_gb is not None else spec.gpu_memory_gb)
+            placement = card_placement(free)
+            for i in range(len(free)):
+                torch.cuda.reset_peak_memory_stats(i)
+            if placement:
+                self.device = f"cuda:0-{len(free) - 1} (balanced)"
 
         pipeline_cls = getattr(diffusers, spec.pipeline, None)
         if pipeline_cls is None:
             raise ImageGenError("IMG_018", f"model {spec.id!r}: diffusers has no pipeline class {spec.pipeline!r}.")
         location = self._weights_location(cache_root)
-        kwargs = {"torch_dtype": self.dtype}
+        kwargs = {"torch_dtype": self.dtype, **placement}
         if spec.variant:
             kwargs["variant"] = spec.variant
         try:
@@ -62,20 +80,22 @@ class DiffusersGenerator:
             raise ImageGenError(
                 "IMG_002", f"model {spec.id!r}: loading {location} failed: {' '.join(str(exc).split())[:400]}"
             ) from None
-        self.pipe.to(self.device)
+        if not placement:  # a device-mapped pipeline is already on its cards
+            self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._supports_callback = "callback_on_step_end" in inspect.signature(self.pipe.__call__).parameters
         self.load_seconds = time.perf_counter() - started
 
-    def _check_free_memory(self) -> None:
-        free, total = self._torch.cuda.mem_get_info()
-        need = self.spec.gpu_memory_gb * GIB
-        if free < need:
-            raise ImageGenError(
-                "IMG_010",
-                f"model {self.spec.id!r} needs {self.spec.gpu_memory_gb:g} GiB of GPU memory, but the card Ray "
-                f"assigned has {free / GIB:.1f} of {total / GIB:.1f} GiB free; free the card or lower the load.",
-            )
+    def _check_free_memory(self, free: list[int], need_gb: float) -> None:
+        if sum(free) >= need_gb * GIB:
+            return
+        cards = ", ".join(f"cuda:{i} {f / GIB:.1f} GiB free" for i, f in enumerate(free))
+        raise ImageGenError(
+            "IMG_010",
+            f"model {self.spec.id!r} needs {need_gb:g} GiB of GPU memory (weights and its batch), but the "
+            f"card(s) Ray assigned have less ({cards}); another process holds the memory: free the card, or "
+            "give Ray a smaller gpu_memory_gb for this node.",
+        )
 
     def _weights_location(self, cache_root: Path) -> str:
         kind, value = self.spec.source_kind()
@@ -98,9 +118,10 @@ class DiffusersGenerator:
 
     @property
     def peak_gpu_memory_bytes(self) -> int | None:
-        if self.device != "cuda":
+        if not self.device.startswith("cuda"):
             return None
-        return int(self._torch.cuda.max_memory_allocated())
+        torch = self._torch
+        return int(sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())))
 
     def cancel(self, call_id: str, code: str = "IMG_003", reason: str = "cancelled") -> None:
         """Ask a running call to stop at its next denoising step (called from another thread)."""

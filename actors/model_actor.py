@@ -23,6 +23,7 @@ from pathlib import Path
 import ray
 
 from actors.backends import make_backend
+from cluster import env
 from cluster.work import CallOptions, FailedImage, GeneratedImage, ImageTask, ReplicaInfo
 from models.registry import ModelSpec
 
@@ -60,8 +61,9 @@ class ModelWorker:
     themselves instead of as an opaque "actor died in its creation task"."""
 
     def __init__(self, spec: ModelSpec, replica: str, cache_root: str, credentials=None,
-                 keep_alive_s: float | None = None, rate_window_s: float = 60.0):
+                 keep_alive_s: float | None = None, rate_window_s: float = 60.0, gpu_reserve_gb: float | None = None):
         self.spec = spec
+        self.gpu_reserve_gb = gpu_reserve_gb
         # Passed by the driver so a remote model works on nodes that do not have the key in their
         # environment; GoogleCredentials keeps the key out of its repr.
         self.credentials = credentials
@@ -82,19 +84,23 @@ class ModelWorker:
         with self._load_lock:
             if self.backend is not None:
                 return replace(self.info(), load_seconds=0.0, warm=True)
-            self.backend = make_backend(self.spec, self.cache_root, self.replica, self.credentials)
+            self.backend = make_backend(self.spec, self.cache_root, self.replica, self.credentials,
+                                        self.gpu_reserve_gb)
             context = ray.get_runtime_context()
+            device = str(getattr(self.backend, "device", "remote"))
+            gpu_ids = [str(g) for g in ray.get_gpu_ids()]
             self._info = ReplicaInfo(
                 model=self.spec.id,
                 replica=self.replica,
                 node_id=context.get_node_id(),
-                device=str(getattr(self.backend, "device", "remote")),
+                device=device,
                 dtype=str(getattr(self.backend, "dtype", "")).replace("torch.", ""),
                 weights=self.spec.weights,
                 load_seconds=float(getattr(self.backend, "load_seconds", 0.0)),
-                gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+                gpu_ids=gpu_ids,
                 restarts=1 if context.was_current_actor_reconstructed else 0,
                 pid=os.getpid(),
+                note=_cpu_note(device, gpu_ids),
             )
             self.last_used = time.time()
         return self.info()
@@ -137,6 +143,10 @@ class ModelWorker:
     def _keep_alive(self, keep_alive_s: float) -> None:
         while True:
             time.sleep(min(5.0, max(0.2, keep_alive_s / 4)))
+            # idle means loaded (or never asked to load) with nothing running: a slow load must not
+            # count as idle time, or the replica would retire before it served anything
+            if self._load_lock.locked():
+                continue
             if self.in_flight == 0 and time.time() - self.last_used >= keep_alive_s:
                 self._retire()
                 return
@@ -156,6 +166,19 @@ class ModelWorker:
             registry.release.remote(names=[name])
         else:
             ray.kill(context.current_actor, no_restart=True)
+
+
+def _cpu_note(device: str, gpu_ids: list[str]) -> str:
+    """Say so when Ray gave this replica a GPU it cannot use (a logical GPU, a CPU-only torch,
+    a driver the process cannot reach): silently running on the CPU would look like a slow card."""
+    if device != "cpu" or not gpu_ids:
+        return ""
+    import torch
+
+    reason = ("torch was built without CUDA" if torch.version.cuda is None
+              else "torch.cuda.is_available() is False in this process (no driver or device visible)")
+    return (f"Ray assigned GPU id(s) {', '.join(gpu_ids)} (CUDA_VISIBLE_DEVICES="
+            f"{env.cuda_visible_devices() or ''!r}) but this replica runs on the CPU: {reason}")
 
 
 ModelActor = ray.remote(concurrency_groups={CONTROL: 2})(ModelWorker)

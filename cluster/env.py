@@ -21,6 +21,16 @@ def history_path() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def ray_address() -> str | None:
+    """RAY_ADDRESS: the cluster Ray itself joins when none is named."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def cuda_visible_devices() -> str | None:
+    """CUDA_VISIBLE_DEVICES as set (None: unset, every card visible; "": none visible)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
 def github_output_path() -> Path | None:
     value = os.environ.get("GITHUB_OUTPUT")
     return Path(value) if value else None

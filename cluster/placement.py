@@ -42,6 +42,17 @@ class NodeCapacity:
         return self.gpu_memory_gb / self.gpus
 
 
+def available_by_node() -> dict[str, dict[str, float]] | None:
+    """Each live node's free resources now; None when this Ray cannot say (the caller then plans
+    against totals)."""
+    try:
+        from ray._private.state import available_resources_per_node  # no public per-node API yet
+
+        return {node_id: dict(res) for node_id, res in available_resources_per_node().items()}
+    except Exception:  # noqa: BLE001 - an internal API that may move between Ray releases
+        return None
+
+
 def cluster_nodes() -> list[NodeCapacity]:
     import ray
 
@@ -80,21 +91,71 @@ def smallest_card_gb(nodes: list[NodeCapacity]) -> float | None:
     return min(cards) if cards else None
 
 
-def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int = 0) -> dict[str, float]:
-    """The resources one replica of `spec` holds. Remote-API models need no accelerator."""
+def reserve_gb(spec: ModelSpec, batch: int = 1) -> float:
+    """GPU memory a replica of `spec` uses at `batch` images per call: weights plus activations."""
+    return spec.gpu_memory_gb + spec.gpu_memory_per_image_gb * max(1, batch)
+
+
+def gpu_share(declared_gpus: float, memory_gb: float, card_gb: float | None) -> float:
+    """The `GPU` a replica asks Ray for.
+
+    Up to one card, memory decides: a model declared `gpus: 1` that asked Ray for a whole GPU could
+    never share a card with the CLIP scorer, even when both fit in its memory. Ray counts a card's
+    fractions, `gpu_memory_gb` counts its memory; rounding down keeps two replicas whose memory fits
+    one card from missing it by a rounding error. Above one card, whole cards.
+    """
+    if declared_gpus <= 0:
+        return 0.0
+    if declared_gpus > 1:
+        return float(math.ceil(declared_gpus))
+    if not card_gb or memory_gb <= 0:
+        return round(declared_gpus, 4)
+    share = math.floor(min(1.0, memory_gb / card_gb) * 10**4) / 10**4
+    return max(share, 1e-4)
+
+
+def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int = 0, batch: int = 1) -> dict[str, float]:
+    """The resources one replica of `spec` holds at `batch` images per call. Remote-API models
+    need no accelerator."""
     bundle: dict[str, float] = {"CPU": spec.cpus}
     if memory_bytes:
         bundle["memory"] = float(memory_bytes)
-    if not spec.is_local or not uses_gpus(nodes):
+    if not spec.is_local or not uses_gpus(nodes) or spec.gpus <= 0:
         return bundle
-    gpus = spec.gpus
     card = smallest_card_gb(nodes)
-    if gpus < 1 and card:
-        gpus = min(1.0, max(gpus, spec.gpu_memory_gb / card))
-    bundle["GPU"] = round(gpus, 4)
-    if card is not None and spec.gpu_memory_gb > 0:
-        bundle[GPU_MEMORY_RESOURCE] = spec.gpu_memory_gb
+    need = reserve_gb(spec, batch) if spec.gpu_memory_gb > 0 else 0.0
+    bundle["GPU"] = gpu_share(spec.gpus, need, card)
+    if card is not None and need > 0:
+        bundle[GPU_MEMORY_RESOURCE] = round(need, 4)
     return bundle
+
+
+def free_card_gb(node: NodeCapacity, free: dict[str, float] | None) -> float | None:
+    """At most how much GPU memory the emptiest card of `node` has free now (`free`: the node's
+    available resources; Ray counts gpu_memory_gb per node, so a card holds at most the node's)."""
+    card = node.card_gb
+    if card is None:
+        return None
+    if free is None:
+        return card
+    return max(0.0, min(card, free.get(GPU_MEMORY_RESOURCE, 0.0)))
+
+
+def replica_batch(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict[str, dict[str, float]] | None = None
+                  ) -> int:
+    """Images per call for a local model: the spec's cap, lowered to what a card has spare *now*
+    beside the weights (other runs' and resident replicas hold the rest). When no card has room
+    for even one image now, the size a whole card holds: the replica will wait for one to free."""
+    cards = [(n, n.card_gb) for n in nodes if n.card_gb]
+    if not cards or spec.gpu_memory_per_image_gb <= 0:
+        return spec.max_batch_size
+    smallest = min(card for _, card in cards)
+    if free_by_node is not None:
+        room = [free_card_gb(n, free_by_node.get(n.node_id, {})) or 0.0 for n, _ in cards]
+        usable = [r for r in room if r >= reserve_gb(spec, 1)]
+        if usable:
+            return spec.batch_size_for(min(max(usable), smallest))
+    return spec.batch_size_for(smallest)
 
 
 def node_fits(bundle: dict[str, float], node: NodeCapacity, spec: ModelSpec) -> bool:
@@ -105,8 +166,8 @@ def node_fits(bundle: dict[str, float], node: NodeCapacity, spec: ModelSpec) -> 
     if GPU_MEMORY_RESOURCE in bundle:
         if bundle[GPU_MEMORY_RESOURCE] > node.gpu_memory_gb:
             return False
-        # the weights of one replica are split over its cards at best: each card holds its share
-        per_card = spec.gpu_memory_gb / max(1.0, math.ceil(bundle.get("GPU", 1)))
+        # a replica on several cards splits its components over them: each card holds its share
+        per_card = bundle[GPU_MEMORY_RESOURCE] / max(1.0, math.ceil(bundle.get("GPU", 1)))
         if node.card_gb is not None and per_card > node.card_gb:
             return False
     return True

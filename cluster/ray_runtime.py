@@ -11,10 +11,14 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from cluster import env
 from cluster.errors import ImageGenError
 from cluster.placement import GPU_MEMORY_RESOURCE
 
@@ -28,31 +32,71 @@ MIN_EMBEDDED_CPUS = 8
 class LocalGpus:
     count: int
     memory_gb: float  # sum over the cards
+    note: str = ""  # what was found, when some card is not used, and why
+
+
+@dataclass(frozen=True)
+class Card:
+    index: str
+    uuid: str
+    memory_gb: float
 
 
 def detect_local_gpus() -> LocalGpus:
-    """The cards of this machine via nvidia-smi (the driver stays free of torch/CUDA)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "" or not shutil.which("nvidia-smi"):
-        return LocalGpus(0, 0.0)
+    """The cards of this machine via nvidia-smi (the driver stays free of torch/CUDA), as far as
+    CUDA_VISIBLE_DEVICES lets this process see them."""
+    visible = env.cuda_visible_devices()
+    if visible is not None and not visible.strip():
+        return LocalGpus(0, 0.0, "CUDA_VISIBLE_DEVICES is set and empty: no GPU is used")
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return LocalGpus(0, 0.0)  # a machine without NVIDIA's driver: CPU, nothing to explain
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+            [smi, "--query-gpu=index,uuid,memory.total", "--format=csv,noheader,nounits"],
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return LocalGpus(0, 0.0)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    allowed = {v.strip() for v in visible.split(",")} if visible else None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return LocalGpus(0, 0.0, f"nvidia-smi is here but failed ({' '.join(str(exc).split())[:200]}): no GPU is used")
     cards = []
     for line in out.strip().splitlines():
-        index, _, mib = (part.strip() for part in line.partition(","))
-        if allowed is None or index in allowed:
-            cards.append(float(mib) / 1024.0)
-    return LocalGpus(len(cards), round(sum(cards), 2))
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) == 3:
+            try:
+                cards.append(Card(parts[0], parts[1], float(parts[2]) / 1024.0))
+            except ValueError:
+                continue
+    return visible_cards(cards, visible)
 
 
-def embedded_init_kwargs(debug: bool = False) -> dict:
-    gpus = detect_local_gpus()
+def visible_cards(cards: list[Card], visible: str | None) -> LocalGpus:
+    """The cards CUDA_VISIBLE_DEVICES selects, read as CUDA reads it: indices or (unique
+    prefixes of) GPU UUIDs, up to the first entry that names no card."""
+    if visible is None:
+        return LocalGpus(len(cards), round(sum(c.memory_gb for c in cards), 2))
+    chosen: list[Card] = []
+    problem = ""
+    for entry in (v.strip() for v in visible.split(",")):
+        if entry.startswith("MIG-"):
+            problem = (f"{entry!r} is a MIG instance, whose memory nvidia-smi's GPU list does not give; start Ray "
+                       "yourself with --num-gpus and --resources='{\"gpu_memory_gb\": N}' and pass --address")
+            break
+        matches = [c for c in cards if entry == c.index or (entry.startswith("GPU-") and c.uuid.startswith(entry))]
+        if len(matches) != 1 or matches[0] in chosen:
+            problem = f"{entry!r} names no single card of this machine"
+            break
+        chosen.append(matches[0])
+    found = ", ".join(f"{c.index} ({c.uuid}, {c.memory_gb:.0f} GiB)" for c in cards) or "none"
+    memory = round(sum(c.memory_gb for c in chosen), 2)
+    if problem:
+        used = f"using the {len(chosen)} card(s) before it" if chosen else "no GPU is used"
+        note = f"CUDA_VISIBLE_DEVICES={visible!r}: {problem}; {used} (nvidia-smi found: {found})"
+        return LocalGpus(len(chosen), memory, note)
+    return LocalGpus(len(chosen), memory)
+
+
+def embedded_init_kwargs(debug: bool = False, gpus: LocalGpus | None = None) -> dict:
+    gpus = gpus or detect_local_gpus()
     kwargs: dict = {
         "num_cpus": max(os.cpu_count() or 1, MIN_EMBEDDED_CPUS),
         "num_gpus": gpus.count,
@@ -66,15 +110,80 @@ def embedded_init_kwargs(debug: bool = False) -> dict:
     return kwargs
 
 
+@dataclass(frozen=True)
+class RunningCluster:
+    """A Ray cluster found running on this machine (`ray start`, e.g. `multi-image cluster up`)."""
+
+    address: str
+    found_in: str
+
+
+def _address_file() -> Path:
+    try:
+        from ray._common.utils import get_ray_address_file  # where `ray start` records its address
+
+        return Path(get_ray_address_file(None))
+    except Exception:  # noqa: BLE001 - an internal helper that may move between Ray releases
+        return Path("/tmp/ray/ray_current_cluster")
+
+
+def _answers(address: str, timeout: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def find_running_cluster() -> tuple[RunningCluster | None, str]:
+    """The cluster `ray start` left running on this machine, and a note when its address file is
+    stale (the cluster was killed without `ray stop`; Ray itself would try to join the dead address)."""
+    path = _address_file()
+    try:
+        address = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None, ""
+    if not address:
+        return None, ""
+    if not _answers(address):
+        return None, f"{path} names {address}, where no Ray cluster answers (stale: started, then killed)"
+    return RunningCluster(address, str(path)), ""
+
+
 class RayRuntime:
     """Context manager: `with RayRuntime(address) as rt:` connects, and disconnects on exit
-    only if it connected (an already initialised Ray, as in tests or a warm process, is reused)."""
+    only if it connected (an already initialised Ray, as in tests or a warm process, is reused).
+
+    Without an address, a Ray cluster already running on this machine is joined, as `--address
+    auto` would: its GPUs are the same cards, and a second Ray instance beside it would think it
+    owns them too and place models into memory the warm replicas hold. When joining fails, or with
+    `--address local`, a separate embedded instance starts, and its session folder is removed
+    when it stops (Ray leaves one under /tmp/ray per instance otherwise)."""
 
     def __init__(self, address: str | None = None, debug: bool = False):
         self.address = address
         self.debug = debug
         self.owned = False
         self.embedded = False
+        self.joined: RunningCluster | None = None
+        self.notes: list[str] = []
+        self.session_dir: Path | None = None
+        self._latest_before: str | None = None
+
+    def describe(self) -> dict:
+        """The report's view of where the run ran."""
+        import ray
+
+        info: dict = {"address": self.address if self.address not in (None, "local") else "embedded",
+                      "embedded": self.embedded}
+        if self.joined is not None:
+            info.update(address=self.joined.address, joined_running_cluster=True)
+        if not self.embedded and ray.is_initialized():
+            info["gcs_address"] = ray.get_runtime_context().gcs_address
+        if self.notes:
+            info["notes"] = list(self.notes)
+        return info
 
     def __enter__(self) -> "RayRuntime":
         import ray
@@ -85,22 +194,32 @@ class RayRuntime:
         # cleanly, write what is finished) must survive it
         main_thread = threading.current_thread() is threading.main_thread()
         previous_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+        address = self.address or env.ray_address()
         try:
-            if self.address:
-                ray.init(
-                    address=self.address, namespace=NAMESPACE, log_to_driver=self.debug,
-                    logging_level=logging.INFO if self.debug else logging.ERROR,
-                )
+            if address and address != "local":
+                self._join(address)
             else:
-                ray.init(**embedded_init_kwargs(self.debug))
-                self.embedded = True
+                running, stale = find_running_cluster() if address != "local" else (None, "")
+                if stale:
+                    self.notes.append(f"not joined: {stale}")
+                if running is not None:
+                    try:
+                        self._join(running.address)
+                        self.joined = running
+                        self.notes.append(f"joined the Ray cluster running on this machine at {running.address} "
+                                          f"(from {running.found_in}); `--address local` runs a separate instance")
+                    except Exception as exc:  # noqa: BLE001 - e.g. its auth token is another user's
+                        self.notes.append(f"could not join the Ray cluster running at {running.address} "
+                                          f"({_one_line(exc)}); ran a separate embedded instance")
+                if self.joined is None:
+                    self._start_embedded()
         except ImageGenError:
             raise
         except Exception as exc:  # ConnectionError, RuntimeError, auth errors: all "no cluster"
-            where = f"the Ray cluster at {self.address!r}" if self.address else "an embedded Ray instance"
+            where = f"the Ray cluster at {address!r}" if address and address != "local" else "an embedded Ray instance"
             raise ImageGenError(
                 "IMG_019",
-                f"could not connect to {where}: {' '.join(str(exc).split())[:300]}. "
+                f"could not connect to {where}: {_one_line(exc)}. "
                 "Check `ray status` on the head node and that this machine has the cluster's auth token.",
             ) from None
         finally:
@@ -109,9 +228,68 @@ class RayRuntime:
         self.owned = True
         return self
 
+    def _join(self, address: str) -> None:
+        import ray
+
+        use_token_if_present()
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=self.debug,
+                 logging_level=logging.INFO if self.debug else logging.ERROR)
+
+    def _start_embedded(self) -> None:
+        import ray
+
+        latest = _address_file().parent / "session_latest"
+        self._latest_before = os.readlink(latest) if latest.is_symlink() else None
+        gpus = detect_local_gpus()
+        if gpus.note:
+            self.notes.append(gpus.note)
+        context = ray.init(address="local", **embedded_init_kwargs(self.debug, gpus))
+        session = (getattr(context, "address_info", None) or {}).get("session_dir")
+        self.session_dir = Path(session) if session else None
+        self.embedded = True
+
     def __exit__(self, *exc_info) -> None:
         if self.owned:
             import ray
 
             ray.shutdown()
             self.owned = False
+            if self.embedded and not self.debug:
+                self._remove_session()
+
+    def _remove_session(self) -> None:
+        """The embedded instance's logs and sockets: one folder per run, never reused. (--debug keeps
+        them for reading.) `session_latest` goes back to what it pointed at before, when that exists."""
+        session = self.session_dir
+        if session is None or not session.name.startswith("session_"):
+            return
+        for _ in range(3):  # processes still exiting may write a last line meanwhile
+            shutil.rmtree(session, ignore_errors=True)
+            if not session.exists():
+                break
+            time.sleep(0.2)
+        latest = session.parent / "session_latest"
+        try:
+            if latest.is_symlink() and Path(os.readlink(latest)).name == session.name:
+                latest.unlink()
+                if self._latest_before and Path(self._latest_before).exists():
+                    latest.symlink_to(self._latest_before)
+        except OSError:
+            pass
+
+
+def use_token_if_present() -> None:
+    """Send the cluster's auth token when joining one. Ray turns token auth on by itself only for
+    `address="auto"`; with an explicit host:port (`--address`, or a cluster found running here) a
+    driver would otherwise connect without the token and be refused (InvalidAuthToken)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]

@@ -21,12 +21,13 @@ from cluster.placement import (
     GPU_MEMORY_RESOURCE,
     fmt_bundle,
     NodeCapacity,
+    available_by_node,
     check_placeable,
     cluster_nodes,
     describe,
+    replica_batch,
     replica_bundle,
     replica_count,
-    smallest_card_gb,
 )
 from cluster.work import ReplicaInfo
 from models.registry import ModelSpec
@@ -92,6 +93,25 @@ class ReplicaPool:
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.groups: dict[str, ModelGroup] = {}
         self._nodes: list[NodeCapacity] | None = None
+        self._expected: list[ModelSpec] = []
+
+    def expect(self, specs: list[ModelSpec]) -> None:
+        """The models this run will place. Until each holds its group, one replica's room is kept
+        for it: the first model's extra replicas must not take every card the others need."""
+        self._expected = list(specs)
+
+    def _free_for(self, spec: ModelSpec) -> dict[str, float]:
+        import ray
+
+        free = dict(ray.available_resources())
+        for other in self._expected:
+            if other.id == spec.id or other.id in self.groups or not other.is_local:
+                continue
+            held = replica_bundle(other, self.nodes, batch=self.batch_size(other))
+            for key in ("GPU", GPU_MEMORY_RESOURCE):
+                if key in held:
+                    free[key] = max(0.0, free.get(key, 0.0) - held[key])
+        return free
 
     @property
     def nodes(self) -> list[NodeCapacity]:
@@ -100,11 +120,12 @@ class ReplicaPool:
         return self._nodes
 
     def batch_size(self, spec: ModelSpec) -> int:
-        """Images per call: the spec's cap, lowered to what a card's spare memory holds and so that
-        one replica never reserves more than half of a node's host memory (memory_limit_per_image)."""
+        """Images per call: the spec's cap, lowered to what a card has spare now beside the weights
+        and so that one replica never reserves more than half of a node's host memory
+        (memory_limit_per_image)."""
         if not spec.is_local:
             return spec.max_batch_size
-        batch = spec.batch_size_for(smallest_card_gb(self.nodes))
+        batch = replica_batch(spec, self.nodes, available_by_node())
         per_image = self.limits.perf.memory_limit_per_image
         biggest = max((n.memory_bytes for n in self.nodes), default=0)
         if per_image > 0 and biggest > 0:
@@ -117,7 +138,7 @@ class ReplicaPool:
             return self.groups[spec.id]
         batch = self.batch_size(spec)
         memory = self.limits.perf.memory_limit_per_image * batch if spec.is_local else 0
-        bundle = replica_bundle(spec, self.nodes, memory)
+        bundle = replica_bundle(spec, self.nodes, memory, batch)
         try:
             check_placeable(spec, bundle, self.nodes)
         except ImageGenError as exc:
@@ -125,9 +146,7 @@ class ReplicaPool:
             self.groups[spec.id] = group
             self.events.emit("model_unplaceable", model=spec.id, code=exc.code, message=exc.message)
             return group
-        import ray
-
-        count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes, ray.available_resources())
+        count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes, self._free_for(spec))
         if self.resident:
             group = self._resident_group(spec, bundle, max(1, count), batch)
         else:
@@ -187,7 +206,8 @@ class ReplicaPool:
                                                                           placement_group_bundle_index=index)
         name = f"{spec.id}-{index}"
         actor = ModelActor.options(**options).remote(spec, name, str(env.cache_dir()), _credentials(spec), None,
-                                                     self.limits.scheduler.rate_window_seconds)
+                                                     self.limits.scheduler.rate_window_seconds,
+                                                     bundle.get(GPU_MEMORY_RESOURCE))
         return Replica(name=name, model=spec.id, actor=actor, concurrency=concurrency, load_ref=self._load(actor))
 
     def _resident_group(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int) -> ModelGroup:
@@ -197,16 +217,25 @@ class ReplicaPool:
         from cluster.resident import actor_handle, registry_actor
 
         options, concurrency = self._actor_options(spec, bundle)
-        answer = ray.get(registry_actor().ensure_model.remote(
-            spec, count, bundle, options, str(env.cache_dir()), _credentials(spec), self.keep_alive_s,
-            self.limits.scheduler.rate_window_seconds, self.limits.scheduler.placement_timeout))
+        timeout = self.limits.scheduler.placement_timeout
+        try:
+            answer = ray.get(registry_actor().ensure_model.remote(
+                spec, count, bundle, options, str(env.cache_dir()), _credentials(spec), self.keep_alive_s,
+                self.limits.scheduler.rate_window_seconds, timeout, batch), timeout=timeout * (count + 1) + 30)
+            actors = {name: actor_handle(name) for name in answer["names"]}
+        except Exception as exc:  # noqa: BLE001 - the registry unreachable or failing: this model cannot run
+            error = ImageGenError("IMG_010", f"model {spec.id!r}: the warm cluster could not provide a replica: "
+                                             f"{describe_exception(exc)}")
+            self.events.emit("model_unplaceable", model=spec.id, code=error.code, message=error.message)
+            return ModelGroup(spec, [], batch, error=error)
         if not answer["names"]:
             error = ImageGenError("IMG_010", f"model {spec.id!r}: {answer['error']} (cluster: {describe(self.nodes)}).")
             self.events.emit("model_unplaceable", model=spec.id, code=error.code, message=error.message)
             return ModelGroup(spec, [], batch, error=error)
+        # the replicas reserved GPU memory for their own batch (set by the run that made them)
+        batch = max(1, min(batch, answer.get("batch") or batch))
         replicas = []
-        for name in answer["names"]:
-            actor = actor_handle(name)
+        for name, actor in actors.items():
             replicas.append(Replica(name=f"{spec.id}-{name.rsplit('/', 1)[-1]}", model=spec.id, actor=actor,
                                     concurrency=concurrency, load_ref=self._load(actor), resident=True))
         self.events.emit("model_loading", model=spec.id, replicas=len(replicas), batch_size=batch,

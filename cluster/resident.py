@@ -20,6 +20,10 @@ from models.registry import ModelSpec
 from models.scorers import ScorerSpec
 
 REGISTRY_NAME = "resident-registry"
+# Seconds a registry call that places nothing may take (it serves one call at a time).
+REGISTRY_TIMEOUT = 60.0
+# Releasing waits up to 10 s for each replica's name to come free.
+RELEASE_TIMEOUT = 600.0
 
 
 def spec_key(spec: ModelSpec | ScorerSpec) -> str:
@@ -31,10 +35,46 @@ def model_prefix(spec: ModelSpec) -> str:
     return f"model/{spec.id}/{spec_key(spec)}/"
 
 
+GROUP_PREFIX = "model/"
+
+
+def project_groups() -> dict[str, dict]:
+    """Every placement group of a resident replica that Ray still holds, by name (a detached group
+    outlives whatever made it, so Ray's table, not the registry's memory, is the truth)."""
+    from ray.util.placement_group import placement_group_table
+
+    groups = {}
+    for group_id, row in placement_group_table().items():
+        name = row.get("name") or ""
+        if name.startswith(GROUP_PREFIX) and row.get("state") != "REMOVED":
+            groups[name] = {"id": group_id, "state": row.get("state"),
+                            "bundles": list((row.get("bundles") or {}).values())}
+    return groups
+
+
+def _remove_group(group_id: str) -> None:
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
+    except Exception:  # noqa: BLE001 - already removed
+        pass
+
+
 class ResidentRegistry:
     def __init__(self, namespace: str):
         self.namespace = namespace
         self.meta: dict[str, dict] = {}  # actor name -> what `status` shows
+        # The cluster's own settings, from `cluster up`: a model reloaded after it retired gets
+        # these, not the settings of whichever run happened to need it next.
+        self.settings: dict[str, Any] = {"keep_alive_s": None, "replicas": {}}
+
+    def configure(self, keep_alive_s: float | None = None, replicas: dict[str, int] | None = None) -> dict:
+        if keep_alive_s is not None:
+            self.settings["keep_alive_s"] = keep_alive_s
+        self.settings["replicas"].update(replicas or {})
+        return dict(self.settings)
 
     def _exists(self, name: str) -> bool:
         try:
@@ -44,28 +84,57 @@ class ResidentRegistry:
             return False
 
     def _alive(self, name: str) -> bool:
-        try:
-            ray.get_actor(name, namespace=self.namespace)
+        if self._exists(name):
             return True
-        except ValueError:
-            self.meta.pop(name, None)
-            return False
+        self._forget(name)
+        return False
+
+    def _forget(self, name: str) -> None:
+        """A replica that is gone for good (killed past its restarts, its node lost): its detached
+        group would otherwise keep its resources and its name, and no replica could take either."""
+        meta = self.meta.pop(name, None)
+        if meta and meta.get("placement_group") is not None:
+            try:
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(meta["placement_group"])
+            except Exception:  # noqa: BLE001 - already removed
+                pass
+
+    def sweep(self) -> list[str]:
+        """Forget dead replicas and remove every project group no live replica holds (left by a
+        replica that died, or by an earlier registry). Returns the groups removed."""
+        for name in list(self.meta):
+            self._alive(name)
+        removed = []
+        for name, group in project_groups().items():
+            if name in self.meta or self._exists(name):
+                continue
+            _remove_group(group["id"])
+            removed.append(name)
+        return removed
 
     def ensure_model(self, spec: ModelSpec, count: int, bundle: dict[str, float], options: dict[str, Any],
                      cache_root: str, credentials, keep_alive_s: float | None, rate_window_s: float,
-                     placement_timeout: float) -> dict:
-        """The model's live resident replicas as they are; when none is alive, `count` new ones.
-        (A warm cluster's size is what `cluster up --replicas` made it: runs share it rather than
-        grow it.) Returns {"names": [...], "created": [...], "error": str | None}."""
+                     placement_timeout: float, batch: int = 1) -> dict:
+        """The model's live resident replicas as they are; when none is alive, new ones: as many as
+        the cluster was brought up with for this model, else `count`. (A warm cluster's size is what
+        `cluster up --replicas` made it: runs share it rather than grow it.)
+        Returns {"names", "created", "batch", "error"}; `batch`: images per call the replicas'
+        groups reserved GPU memory for."""
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from actors.model_actor import ModelActor
 
+        self.sweep()
         prefix = model_prefix(spec)
-        names = [n for n in sorted(self.meta) if n.startswith(prefix) and self._alive(n)]
+        names = [n for n in sorted(self.meta) if n.startswith(prefix)]
         if names:
-            return {"names": names, "created": [], "error": None}
+            return {"names": names, "created": [], "error": None,
+                    "batch": min(self.meta[n].get("batch", 1) for n in names)}
+        keep_alive_s = self.settings["keep_alive_s"] or keep_alive_s
+        count = self.settings["replicas"].get(spec.id, count)
         created, error = [], None
         index = 0
         while len(names) < count:
@@ -82,12 +151,14 @@ class ResidentRegistry:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=group,
                                                                      placement_group_bundle_index=0),
                 **options,
-            ).remote(spec, f"{spec.id}-{index}", cache_root, credentials, keep_alive_s, rate_window_s)
+            ).remote(spec, f"{spec.id}-{index}", cache_root, credentials, keep_alive_s, rate_window_s,
+                     bundle.get("gpu_memory_gb"))
             self.meta[name] = {"kind": "model", "model": spec.id, "key": spec_key(spec), "created": time.time(),
-                               "keep_alive_s": keep_alive_s, "bundle": bundle, "placement_group": group}
+                               "keep_alive_s": keep_alive_s, "bundle": bundle, "batch": batch,
+                               "placement_group": group}
             names.append(name)
             created.append(name)
-        return {"names": names, "created": created, "error": error}
+        return {"names": names, "created": created, "error": error, "batch": batch}
 
     def ensure_scorer(self, spec: ScorerSpec, options: dict[str, Any], cache_root: str) -> str:
         from actors.scorer_actor import ScorerActor
@@ -108,10 +179,15 @@ class ResidentRegistry:
                 rows.append({"name": name, **meta})
         return rows
 
-    def release(self, model: str | None = None, names: list[str] | None = None) -> list[str]:
-        """Kill resident replicas (all, one model's, or the named ones) and free their resources."""
-        from ray.util.placement_group import remove_placement_group
+    def groups(self) -> list[dict]:
+        """Every project placement group with the live replica holding it (None: nothing does)."""
+        return [{"name": name, "state": group["state"], "bundles": group["bundles"],
+                 "held_by": name if name in self.meta and self._alive(name) else None}
+                for name, group in sorted(project_groups().items())]
 
+    def release(self, model: str | None = None, names: list[str] | None = None) -> list[str]:
+        """Kill resident replicas (all, one model's, or the named ones) and free their resources;
+        releasing all also removes groups no replica holds."""
         released = []
         for name, meta in list(self.meta.items()):
             if model is not None and meta["model"] != model:
@@ -126,13 +202,10 @@ class ResidentRegistry:
             deadline = time.monotonic() + 10
             while self._exists(name) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if meta.get("placement_group") is not None:
-                try:
-                    remove_placement_group(meta["placement_group"])
-                except Exception:  # noqa: BLE001 - already removed by the replica's own keep-alive
-                    pass
-            self.meta.pop(name, None)
+            self._forget(name)
             released.append(name)
+        if model is None and names is None:
+            released += self.sweep()
         return released
 
 

@@ -109,14 +109,17 @@ def run_generation(
     error: ImageGenError | None = None
     try:
         with RayRuntime(request.address, request.debug) as runtime:
-            cluster_info = {"address": request.address or "embedded", "embedded": runtime.embedded}
+            cluster_info = runtime.describe()
+            for note in cluster_info.get("notes", []):
+                events.emit("ray_note", message=note)
             metrics_sink = _ray_metrics_sink(events)
-            if resident is None:
-                resident = request.address is not None
+            if resident is None:  # a cluster that outlives the run keeps its models warm for the next
+                resident = request.address not in (None, "local") or runtime.joined is not None
             pool = ReplicaPool(limits, request.max_parallel, events, resident=resident,
                                keep_alive_s=limits.scheduler.keep_alive_seconds)
-            # the scorer loads while the models load and generate
-            run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events, resident)
+            # the scorer loads while the models load and generate, started once they hold their groups
+            run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events, resident,
+                                               limits=limits, start=False)
             try:
                 schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop, started)
                 replicas = pool.collect_infos()
@@ -242,6 +245,7 @@ def _schedule(request, registry, limits, plan, pool, scorer, events, stop, start
         resolve_fallback=lambda task, model: retarget(task, registry.get(model), request),
         stop=stop,
         planned=_planned_counts(plan),
+        after_placement=scorer.start,
     )
     # comparison mode keeps one prompt for every model, so sequential variations are off there
     sequential = plan.strategy == "sequential" and not request.enable_comparison

@@ -85,7 +85,10 @@ class Scheduler:
         stop: threading.Event | None = None,
         planned: dict[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        after_placement: Callable[[], None] | None = None,
     ):
+        """`after_placement`: called once, when the first tasks' models hold their placement
+        groups (the run starts its scorer then, so the scorer never takes a card before them)."""
         self.pool = pool
         self.specs = specs
         self.limits = limits
@@ -110,12 +113,14 @@ class Scheduler:
         self._calls_started: dict[str, int] = {}
         self._source: StaticSource | SequentialSource | None = None
         self.planned = dict(planned or {})
+        self._after_placement = after_placement
 
     # --- entry point ----------------------------------------------------------------
 
     def run(self, source: StaticSource | SequentialSource, started: float | None = None) -> ScheduleResult:
         """Run every task `source` gives; `started` is when the run began (the total limit counts from there)."""
         self._source = source
+        self.pool.expect([self.specs[m] for m in self.planned if m in self.specs])
         started = self.clock() if started is None else started
         total = self.limits.perf.total_workflow_timeout
         run_deadline = started + total
@@ -133,6 +138,9 @@ class Scheduler:
                 if not self._reduced or (not self.result.images and not self.calls and not self._queued()):
                     for task in source.take():
                         self._enqueue(TaskState(task))
+                    if self._after_placement is not None:
+                        after, self._after_placement = self._after_placement, None
+                        after()
                 self._fail_unservable()
                 self._dispatch(now)
             self._enforce_deadlines(now)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from cluster.errors import ImageGenError
 from cluster.events import Events
 from cluster.limits import Limits
 from cluster.placement import GPU_MEMORY_RESOURCE, cluster_nodes
-from cluster.ray_runtime import MIN_EMBEDDED_CPUS, NAMESPACE, detect_local_gpus
+from cluster.ray_runtime import MIN_EMBEDDED_CPUS, NAMESPACE, detect_local_gpus, use_token_if_present
 from models import availability
 from models.registry import Registry
 from models.scorers import NO_SCORER, ScoringConfig
@@ -41,6 +42,8 @@ def start_head() -> None:
     if ray_command is None:
         raise ImageGenError("IMG_019", "the `ray` command is not on PATH; install the project into this environment.")
     gpus = detect_local_gpus()
+    if gpus.note:
+        print(f"[multi-image] {gpus.note}", file=sys.stderr)
     command = [ray_command, "start", "--head", f"--num-cpus={max(os.cpu_count() or 1, MIN_EMBEDDED_CPUS)}",
                f"--num-gpus={gpus.count}", "--include-dashboard=false", "--disable-usage-stats"]
     if gpus.count:
@@ -59,6 +62,7 @@ def connect(address: str | None, start: bool = False) -> str:
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
     target = address or "auto"
+    use_token_if_present()
     try:
         ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -84,12 +88,17 @@ def bring_up(registry: Registry, model_ids: list[str], scoring: ScoringConfig, s
     import ray
 
     from cluster.replicas import ReplicaPool
+    from cluster.resident import REGISTRY_TIMEOUT, registry_actor
     from cluster.scoring import ActorScorer, make_scorer
 
     events = events or Events()
     report = UpReport()
+    keep_alive_s = keep_alive_s or limits.scheduler.keep_alive_seconds
+    # the cluster's settings live in its registry, so replicas reloaded later get them too
+    ray.get(registry_actor().configure.remote(keep_alive_s, {model_id: replicas for model_id in model_ids}),
+            timeout=REGISTRY_TIMEOUT)
     pool = ReplicaPool(limits, max_parallel=max(1, replicas), events=events, resident=True,
-                       keep_alive_s=keep_alive_s or limits.scheduler.keep_alive_seconds)
+                       keep_alive_s=keep_alive_s)
     for model_id in model_ids:
         spec = registry.get(model_id)
         check = availability.check(spec)
@@ -113,7 +122,7 @@ def bring_up(registry: Registry, model_ids: list[str], scoring: ScoringConfig, s
         elif group.error is not None:
             report.errors[model_id] = f"{group.error.code}: {group.error.message}"
     if scorer_id != NO_SCORER:
-        scorer = make_scorer(scorer_id, scoring, pool.nodes, events, resident=True)
+        scorer = make_scorer(scorer_id, scoring, pool.nodes, events, resident=True, limits=limits)
         if isinstance(scorer, ActorScorer):
             scorer.describe()  # waits for the load
             report.scorer = scorer.describe()
@@ -126,13 +135,14 @@ def status() -> dict:
     """Nodes, GPUs, GPU memory, the resident replicas and their queues."""
     import ray
 
-    from cluster.resident import actor_handle, registry_actor
+    from cluster.resident import REGISTRY_TIMEOUT, actor_handle, registry_actor
 
     available = ray.available_resources()
     nodes = [{"node_id": n.node_id, "address": n.address, "cpus": n.cpus, "gpus": n.gpus,
               "gpu_memory_gb": n.gpu_memory_gb} for n in cluster_nodes()]
     resident = []
-    for entry in ray.get(registry_actor().entries.remote()):
+    registry = registry_actor()
+    for entry in ray.get(registry.entries.remote(), timeout=REGISTRY_TIMEOUT):
         row = {"name": entry["name"], "kind": entry["kind"], "model": entry["model"],
                "keep_alive_s": entry.get("keep_alive_s")}
         if entry["kind"] == "model":
@@ -148,16 +158,18 @@ def status() -> dict:
         "nodes": nodes,
         "available": {k: available.get(k, 0.0) for k in ("CPU", "GPU", GPU_MEMORY_RESOURCE)},
         "resident": resident,
+        # every group the project holds, so one no replica holds any more is seen (and `down` frees it)
+        "placement_groups": ray.get(registry.groups.remote(), timeout=REGISTRY_TIMEOUT),
     }
 
 
 def bring_down(stop_ray: bool = False) -> list[str]:
     import ray
 
-    from cluster.resident import registry_actor
+    from cluster.resident import RELEASE_TIMEOUT, registry_actor
 
     registry = registry_actor()
-    released = ray.get(registry.release.remote())
+    released = ray.get(registry.release.remote(), timeout=RELEASE_TIMEOUT)
     ray.kill(registry, no_restart=True)
     if stop_ray:
         ray.shutdown()

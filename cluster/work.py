@@ -86,3 +86,4 @@ class ReplicaInfo:
     warm: bool = False
     restarts: int = 0
     pid: int = 0
+    note: str = ""  # e.g. why a replica Ray gave a GPU runs on the CPU

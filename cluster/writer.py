@@ -55,6 +55,9 @@ def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{STAGING_MARK}", dir=folder.parent))
     try:
+        # mkdtemp makes 0700 and the rename keeps it: the results folder gets the mode any folder
+        # made here gets, so a web server or another user can read what a workflow published
+        os.chmod(staging, 0o777 & ~current_umask())
         images_dir = staging / "images"
         meta_dir = staging / "metadata"
         images_dir.mkdir()
@@ -89,6 +92,20 @@ def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return WrittenRun(folder, report, folder / REPORT_REL, urls, primary_url)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def primary_url_of(outcome: RunOutcome) -> str:

@@ -61,7 +61,7 @@ def main() -> None:
 
     os.environ.setdefault("KAMUI_CACHE_DIR", tempfile.mkdtemp(prefix="kamui-bench-"))
     # four logical 24 GB cards: the local case gets one replica per card, as on a 4-GPU node
-    ray.init(num_cpus=8, num_gpus=4, resources={GPU_MEMORY_RESOURCE: 96}, include_dashboard=False,
+    ray.init(address="local", num_cpus=8, num_gpus=4, resources={GPU_MEMORY_RESOURCE: 96}, include_dashboard=False,
              log_to_driver=False, logging_level=logging.ERROR)
     remote = {"remote": True, "rate_limit": {"concurrent_limit": 16}, "script": {"latency": latency}}
     local = {"gpus": 1, "gpu_memory_gb": 20, "script": {"latency": latency}}

@@ -51,7 +51,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kamui-bench-warm-"))
     os.chdir(work)
     os.environ["KAMUI_HISTORY_DB"] = str(work / "history.sqlite")
-    ray.init(**{**embedded_init_kwargs(), "logging_level": logging.ERROR})
+    ray.init(address="local", **{**embedded_init_kwargs(), "logging_level": logging.ERROR})
     registry, limits = load_registry(), load_limits()
 
     def generate(folder: str, prompt: str, resident: bool) -> float:

@@ -60,7 +60,8 @@ def ray_session():
     from cluster.ray_runtime import NAMESPACE
 
     if not ray.is_initialized():
-        SESSION_INFO["context"] = ray.init(num_cpus=SESSION_CPUS, num_gpus=SESSION_GPUS,
+        # "local": a Ray cluster running on the machine (a warm cluster, another test run) is not joined
+        SESSION_INFO["context"] = ray.init(address="local", num_cpus=SESSION_CPUS, num_gpus=SESSION_GPUS,
                  resources={GPU_MEMORY_RESOURCE: SESSION_GPUS * SESSION_CARD_GB},
                  include_dashboard=False, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     yield ray

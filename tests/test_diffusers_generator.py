@@ -32,7 +32,21 @@ def test_a_batch_gives_each_image_what_its_seed_gives_alone(tiny_sd):
     assert np.abs(pixels(batch[0]) - pixels(batch[1])).mean() > 5  # a different seed, a different image
     assert read_parameters(batch[1].png)["seed"] == 6
     assert (batch[0].width, batch[0].height, batch[0].weights) == (64, 64, "random")
-    assert tiny_sd.device == "cpu" and tiny_sd.load_seconds > 0
+    import torch
+
+    assert tiny_sd.device == ("cuda" if torch.cuda.is_available() else "cpu") and tiny_sd.load_seconds > 0
+
+
+@pytest.mark.parametrize("free, placement", [
+    ([], {}),
+    ([24 * 2**30], {}),  # one card: the whole pipeline goes onto it
+    ([20 * 2**30, 10 * 2**30], {"device_map": "balanced", "max_memory": {0: int(20 * 2**30 * 0.95),
+                                                                        1: int(10 * 2**30 * 0.95)}}),
+])
+def test_several_assigned_cards_share_the_pipelines_components(free, placement):
+    from actors.diffusers_generator import card_placement
+
+    assert card_placement(free) == placement
 
 
 def test_cancel_stops_the_call_at_its_next_step(tiny_sd):

@@ -60,7 +60,12 @@ def test_single_image_legacy_interface(tmp_path, monkeypatch):
     assert report["generation_summary"]["weights"] == "random"
     gallery = (folder / "gallery.html").read_text()
     assert gallery.count('class="card') == 1 and "images/generated-image-1.png" in gallery
-    assert report["models"]["tiny-flux"]["replicas"][0]["device"] == "cpu"
+    replica = report["models"]["tiny-flux"]["replicas"][0]
+    if replica["device"] == "cpu":
+        # the session's GPUs are logical ones (or CUDA cannot see the card Ray picked): the report says so
+        assert replica["gpu_ids"] and "runs on the CPU" in replica["note"]
+    else:  # a machine whose card Ray assigned and torch can use
+        assert replica["device"].startswith("cuda") and "note" not in replica
     assert report["models"]["tiny-flux"]["load_time_seconds"] > 0
 
 

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import ImageGenError
-from cluster.placement import GPU_MEMORY_RESOURCE, NodeCapacity, check_placeable, replica_bundle, replica_count
+from cluster.placement import (
+    GPU_MEMORY_RESOURCE,
+    NodeCapacity,
+    check_placeable,
+    gpu_share,
+    replica_batch,
+    replica_bundle,
+    replica_count,
+)
 from models.registry import ModelSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,9 +35,51 @@ def spec(**fields) -> ModelSpec:
     return ModelSpec(**base)
 
 
-def test_bundle_asks_for_gpus_and_gpu_memory():
+def test_bundle_asks_for_gpu_memory_and_the_share_of_a_card_it_is():
+    # `gpus: 1` means "one card at most": 34 GB of an 80 GB card leaves room for others on it
     bundle = replica_bundle(spec(gpus=1, gpu_memory_gb=34), [node("a", card_gb=80)])
-    assert bundle == {"CPU": 1, "GPU": 1, GPU_MEMORY_RESOURCE: 34}
+    assert bundle == {"CPU": 1, "GPU": 0.425, GPU_MEMORY_RESOURCE: 34}
+
+
+@pytest.mark.parametrize("declared, memory, card, share", [
+    (1, 34, 80, 0.425),
+    (1, 24, 24, 1.0),        # exactly one card
+    (1, 30, 24, 1.0),        # more than a card: a whole one (and node_fits refuses it)
+    (0.1, 2, 24, 0.0833),    # rounded down, so shares whose memory fits a card fit it
+    (0.5, 0, 24, 0.5),       # no memory declared: the declared share
+    (1, 10, None, 1),        # cards of unknown size: the declared share
+    (2, 40, 24, 2.0),        # several cards: whole ones
+    (0, 10, 24, 0.0),        # a model that uses no GPU
+])
+def test_gpu_share_table(declared, memory, card, share):
+    assert gpu_share(declared, memory, card) == share
+
+
+def test_a_one_gpu_model_and_the_scorer_share_one_card_when_their_memory_fits():
+    from cluster.scoring import ActorScorer
+    from models.scorers import load_scoring
+
+    card = [node("a", gpus=1, card_gb=24)]
+    model = replica_bundle(spec(gpus=1, gpu_memory_gb=20), card)
+    scorer = ActorScorer.actor_options(load_scoring().get("vit-l-14"), card)
+    assert model["GPU"] + scorer["num_gpus"] <= 1
+    assert model[GPU_MEMORY_RESOURCE] + scorer["resources"][GPU_MEMORY_RESOURCE] <= 24
+    # and when they do not fit together, Ray's accounting says so too
+    big = replica_bundle(spec(gpus=1, gpu_memory_gb=23), card)
+    assert big[GPU_MEMORY_RESOURCE] + scorer["resources"][GPU_MEMORY_RESOURCE] > 24
+
+
+def test_the_bundle_reserves_the_batch_it_will_run():
+    nodes = [node("a", card_gb=24)]
+    s = spec(gpus=1, gpu_memory_gb=10, gpu_memory_per_image_gb=2, max_batch_size=4)
+    assert replica_batch(s, nodes, {"a": {GPU_MEMORY_RESOURCE: 24.0, "GPU": 1.0}}) == 4
+    assert replica_bundle(s, nodes, batch=4)[GPU_MEMORY_RESOURCE] == 18
+    # another model holds 9 GB of the card: the batch is what the 15 GB left hold beside the weights
+    assert replica_batch(s, nodes, {"a": {GPU_MEMORY_RESOURCE: 15.0, "GPU": 0.6}}) == 2
+    assert replica_bundle(s, nodes, batch=2)[GPU_MEMORY_RESOURCE] == 14
+    # nothing free now: planned for a whole card (the replica waits for room, or fails with IMG_010)
+    assert replica_batch(s, nodes, {"a": {GPU_MEMORY_RESOURCE: 4.0}}) == 4
+    assert replica_batch(s, nodes, None) == 4
 
 
 def test_a_shared_card_is_claimed_in_proportion_to_memory():

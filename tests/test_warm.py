@@ -12,7 +12,7 @@ import ray
 
 from cluster.batch import build_entries, finished_report, run_batch, summary_table
 from cluster.events import Events
-from cluster.resident import registry_actor
+from cluster.resident import actor_handle, registry_actor
 from cluster.run import run_generation
 from cluster.warm import bring_down, bring_up, status
 from models.scorers import load_scoring
@@ -105,6 +105,70 @@ def test_two_concurrent_runs_share_one_replica_safely(tmp_path, clean_cluster):
     log = read_log(tmp_path / "calls.jsonl")
     assert len({e["pid"] for e in log if e["event"] == "start"}) == 1
     assert max_overlap(log) == 1  # the replica's own limit holds across both runs
+
+
+def project_groups() -> list[dict]:
+    """Every live placement group of this project's resident replicas, as Ray sees them."""
+    return [g for g in ray.util.placement_group_table().values()
+            if g.get("name", "").startswith("model/") and g.get("state") != "REMOVED"]
+
+
+def test_a_replica_dead_for_good_is_replaced_on_demand(tmp_path, clean_cluster):
+    import os
+    import signal
+
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})
+    limits = quick_limits(actor_max_restarts=0)  # one SIGKILL is more than its restarts allow
+    bring_up(registry, ["local"], load_scoring(), "none", limits)
+    (name,) = resident_names()
+    os.kill(ray.get(actor_handle(name).pid.remote()), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace="kamui-multi-image")
+        except ValueError:
+            break
+        time.sleep(0.2)
+    for folder in ("after-death", "again"):
+        request = make_request(registry, tmp_path, models="local", folder_name=folder)
+        result = run_generation(request, registry, limits, resident=True)
+        assert result.exit_code == 0 and len(result.outcome.images) == 1, result.outcome.error
+    # one group for the one live replica: the dead replica's group went with it
+    (group,) = project_groups()
+    assert [r["name"] for r in status()["resident"]] == resident_names() and len(resident_names()) == 1
+    assert group["name"] == resident_names()[0]
+
+
+def test_status_shows_a_group_no_replica_holds(tmp_path, clean_cluster):
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    stray = placement_group([{"CPU": 0.01}], name="model/ghost/0123456789/0", lifetime="detached")
+    assert stray.wait(timeout_seconds=10)
+    try:
+        rows = status()["placement_groups"]
+        (row,) = [r for r in rows if r["name"] == "model/ghost/0123456789/0"]
+        assert row["held_by"] is None and row["state"] == "CREATED"
+        assert bring_down() and not [g for g in project_groups() if g["name"] == "model/ghost/0123456789/0"]
+    finally:
+        try:
+            remove_placement_group(stray)
+        except Exception:  # noqa: BLE001 - removed by bring_down, as it should be
+            pass
+
+
+def test_the_clusters_keep_alive_and_replicas_outlive_a_retire(tmp_path, clean_cluster):
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})
+    limits = quick_limits()  # keep_alive_seconds 1800: what a run's own limits say
+    bring_up(registry, ["local"], load_scoring(), "none", limits, replicas=2, keep_alive_s=3)
+    assert len(resident_names()) == 2
+    deadline = time.monotonic() + 40
+    while resident_names() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not resident_names()
+    request = make_request(registry, tmp_path, models="local", folder_name="reloaded", image_count=4, max_parallel=1)
+    assert run_generation(request, registry, limits, resident=True).exit_code == 0
+    rows = [r for r in status()["resident"] if r["model"] == "local"]
+    assert len(rows) == 2 and {r["keep_alive_s"] for r in rows} == {3}
 
 
 def write_manifest(tmp_path, entries, suffix=".jsonl"):

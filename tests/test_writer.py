@@ -130,3 +130,19 @@ def test_multiline_and_hostile_output_values_round_trip():
     outputs = {"a": "one line", "b": "two\nlines", "c": "x\nghadelimiter_fake\nEOF", "d": "k=v<<EOF"}
     text = format_outputs(outputs)
     assert parse_outputs(text) == outputs
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_the_results_folder_honours_the_umask(request_, tmp_path, umask):
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        write_run(outcome_for(request_, [generated(0, "tiny-flux", 1)]))
+    finally:
+        os.umask(previous)
+    folder = tmp_path / "out"
+    for path in (folder, folder / "images", folder / "metadata"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask, path
+    assert stat.S_IMODE((folder / "images/generated-image-1.png").stat().st_mode) == 0o666 & ~umask

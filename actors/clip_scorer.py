@@ -3,6 +3,11 @@
 One call scores a batch: every image through the vision tower in one forward pass (in
 chunks of `batch_size`), prompts through the text tower once each (cached per prompt for
 the scorer's life), then the four scores of the design card per image.
+
+The aesthetic head rates the image embeddings of the CLIP model it was trained on
+(`aesthetic_embedding`): this scorer's own when that is the same model, else a second image
+tower loaded beside it; when that model's weights are not here the aesthetic score is
+unavailable with the reason. Weights are only ever read from disk (the Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import numpy as np
 
 from cluster.image_metrics import generation_artifacts, technical_quality
 from cluster.quality import QualityScore, aesthetic_from_predictor, alignment_from_clipscore, clip_score, make_score
-from models.scorers import ScorerSpec
+from models.registry import BUILTIN_PREFIX
+from models.scorers import ScorerSpec, cached_open_clip_file, missing_open_clip
 
 AESTHETIC_EMBED_DIM = 768  # the LAION predictor was trained on ViT-L/14 image embeddings
 
@@ -42,6 +48,33 @@ def aesthetic_mlp(torch):
     )
 
 
+def open_clip_args(architecture: str, pretrained: str | None, hub_repo: str | None,
+                   cache_root: Path) -> tuple[str, dict]:
+    """(model name, keyword arguments of `open_clip.create_model_and_transforms`) that load the model
+    from local files only. A pretrained tag is read from the Hugging Face cache as a file, with the
+    preprocessing and activation the tag was trained with: open_clip 3 builds `ViT-L-14` with GELU
+    even for the `openai` tag (it only warns), and OpenAI's weights need QuickGELU."""
+    if architecture == f"{BUILTIN_PREFIX}tiny-clip":
+        from models.tiny import tiny_clip_dir
+
+        return f"local-dir:{tiny_clip_dir(cache_root)}", {}
+    if architecture.startswith("local-dir:"):
+        return architecture, {}
+    import open_clip
+
+    tag = open_clip.get_pretrained_cfg(architecture, pretrained) if pretrained else {}
+    if not tag:
+        return architecture, {"pretrained": pretrained}
+    weights = cached_open_clip_file(hub_repo) if hub_repo else None
+    if weights is None:
+        raise FileNotFoundError(missing_open_clip(architecture, pretrained, hub_repo) or f"{architecture}/{pretrained}")
+    return architecture, {
+        "pretrained": str(weights), "force_quick_gelu": bool(tag.get("quick_gelu")),
+        "image_mean": tag.get("mean"), "image_std": tag.get("std"),
+        "image_interpolation": tag.get("interpolation"), "image_resize_mode": tag.get("resize_mode"),
+    }
+
+
 class ClipScorer:
     def __init__(self, spec: ScorerSpec, cache_root: Path):
         import open_clip
@@ -52,30 +85,44 @@ class ClipScorer:
         self._torch = torch
         self._lock = threading.Lock()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if spec.builtin == "tiny-clip":
-            from models.tiny import tiny_clip_dir
-
-            name, pretrained = f"local-dir:{tiny_clip_dir(cache_root)}", None
-        else:
-            name, pretrained = spec.architecture, spec.pretrained
-        precision = "fp16" if self.device == "cuda" else "fp32"
+        name, kwargs = open_clip_args(spec.architecture, spec.pretrained, spec.hub_repo, cache_root)
+        self._precision = "fp16" if self.device == "cuda" else "fp32"
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, precision=precision, device=self.device)
+            name, precision=self._precision, device=self.device, **kwargs)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         self._text_cache: dict[str, np.ndarray] = {}
         self.text_encodes = 0  # prompts sent through the text tower (the cache's tests read it)
         self.embed_dim = int(self.model.text_projection.shape[1]) if getattr(self.model, "text_projection", None) is not None \
             else int(self.encode_texts(["probe"])[0].shape[0])
-        self.aesthetic, self.aesthetic_reason = self._load_aesthetic()
+        # (image tower, its preprocessing) the aesthetic head reads; None: this scorer's own
+        self._aesthetic_tower = None
+        self.aesthetic, self.aesthetic_reason = self._load_aesthetic(cache_root)
         self.load_seconds = time.perf_counter() - started
 
-    def _load_aesthetic(self):
+    def _load_aesthetic(self, cache_root: Path):
         reason = self.spec.missing_aesthetic()
         if reason:
             return None, reason
-        if self.embed_dim != AESTHETIC_EMBED_DIM:
-            return None, f"the aesthetic predictor needs {AESTHETIC_EMBED_DIM}-d ViT-L/14 embeddings, this scorer has {self.embed_dim}"
+        emb = self.spec.aesthetic_embedding
+        dim = self.embed_dim
+        if not self.spec.aesthetic_on_own_embeddings:
+            import open_clip
+
+            try:
+                name, kwargs = open_clip_args(emb.architecture, emb.pretrained, emb.hub_repo, cache_root)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, precision=self._precision, device=self.device, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the CLIP scores stand without the aesthetic one
+                return None, f"the aesthetic predictor's embedding model {emb.label} did not load: {type(exc).__name__}: {exc}"
+            # Only the image tower is kept: the head never reads text.
+            self._aesthetic_tower = (model.visual.eval(), preprocess)
+            dim = int(model.visual.output_dim)
+            del model
+        if dim != AESTHETIC_EMBED_DIM:
+            self._aesthetic_tower = None
+            return None, (f"the aesthetic predictor reads {AESTHETIC_EMBED_DIM}-d image embeddings; "
+                          f"{emb.label} gives {dim}")
         torch = self._torch
         head = aesthetic_mlp(torch)
         state = torch.load(str(Path(self.spec.aesthetic_weights).expanduser()), map_location="cpu", weights_only=True)
@@ -87,6 +134,7 @@ class ClipScorer:
         return {"name": self.spec.id, "architecture": self.spec.architecture, "pretrained": self.spec.pretrained,
                 "weights": self.spec.weights, "device": self.device,
                 "aesthetic": None if self.aesthetic is None else self.spec.aesthetic_weights,
+                "aesthetic_embedding": None if self.aesthetic is None else self.spec.aesthetic_embedding.label,
                 "calibration": self.spec.calibration.model_dump()}
 
     def encode_texts(self, prompts: list[str]) -> list[np.ndarray]:
@@ -102,17 +150,19 @@ class ClipScorer:
             self.text_encodes += len(missing)
         return [self._text_cache[p] for p in prompts]
 
-    def encode_images(self, images):
-        """Normalised image embeddings (a tensor on the scorer's device), one forward pass per chunk."""
+    def encode_images(self, images, tower=None):
+        """Normalised image embeddings (a tensor on the scorer's device), one forward pass per chunk;
+        `tower`: (image tower, preprocessing) of another model instead of this scorer's."""
         torch = self._torch
+        encode, preprocess = tower if tower is not None else (self.model.encode_image, self.preprocess)
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), self.spec.batch_size):
                 chunk = images[start:start + self.spec.batch_size]
-                pixels = torch.stack([self.preprocess(image) for image in chunk]).to(self.device)
+                pixels = torch.stack([preprocess(image) for image in chunk]).to(self.device)
                 if self.device == "cuda":
                     pixels = pixels.half()
-                features = self.model.encode_image(pixels).float()
+                features = encode(pixels).float()
                 out.append(torch.nn.functional.normalize(features, dim=-1))
             return torch.cat(out)
 
@@ -129,8 +179,10 @@ class ClipScorer:
             cosines = (image_features.cpu().numpy() * text_emb).sum(axis=1)
             ratings = None
             if self.aesthetic is not None:
+                aesthetic_features = image_features if self._aesthetic_tower is None \
+                    else self.encode_images(images, self._aesthetic_tower)
                 with self._torch.inference_mode():
-                    ratings = self.aesthetic(image_features).squeeze(-1).cpu().numpy()
+                    ratings = self.aesthetic(aesthetic_features).squeeze(-1).cpu().numpy()
             return [self._combine(item, image, float(cos), None if ratings is None else float(ratings[i]))
                     for i, (item, image, cos) in enumerate(zip(items, images, cosines))]
 

@@ -3,7 +3,7 @@
 Two API styles, chosen by the model's `api_style`:
 - `predict`: Imagen's `client.models.generate_images` (Vertex-only in the SDK, deprecated in
   favour of Gemini image models but still the way to reach imagen-3/4). Up to 4 images per
-  request; one prompt, one seed per request.
+  request; one prompt, one seed per request (so with a seed, one image per request).
 - `generate_content`: Gemini image models with `response_modalities=["IMAGE"]`; one image per
   response part (`inline_data`), one image per request here.
 
@@ -91,7 +91,7 @@ class GoogleImageGenerator:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the SDK's deprecation notice for generate_images
                 if self.spec.api_style == "predict":
-                    results = self._predict(tasks, timeout_s)
+                    results = self._predict(tasks, timeout_s, budget_limited)
                 else:
                     results = [self._generate_content(task, timeout_s) for task in tasks]
         except Exception as exc:  # noqa: BLE001 - every failure is classified into an IMG code
@@ -106,14 +106,31 @@ class GoogleImageGenerator:
         return self._types.HttpOptions(timeout=max(1, int(timeout_s * 1000)),
                                        retry_options=self._types.HttpRetryOptions(attempts=1))
 
-    def _predict(self, tasks: list[ImageTask], timeout_s: float) -> list[GeneratedImage | FailedImage]:
+    def _predict(self, tasks: list[ImageTask], timeout_s: float,
+                 budget_limited: bool = False) -> list[GeneratedImage | FailedImage]:
+        # Imagen takes a seed only with its SynthID watermark off, and then one seed per request: the
+        # k-th image of a multi-image request is not reproducible from any seed it could record. So
+        # with the watermark off each image is its own request with its own seed; with it on (the
+        # default) no seed is sent, one request makes the batch and every image records no seed.
+        watermark = bool(self.spec.call_args.get("add_watermark", True))
+        if watermark:
+            return self._predict_request(tasks, None, timeout_s)
+        # A budget is for the whole call, so the requests share it; a request timeout is per request.
+        deadline = time.monotonic() + timeout_s if budget_limited else None
+        results: list[GeneratedImage | FailedImage] = []
+        for task in tasks:
+            limit = timeout_s if deadline is None else deadline - time.monotonic()
+            if limit <= 0:
+                raise TimeoutError("the call's time budget ran out between per-seed requests")
+            results.extend(self._predict_request([task], task.seed, limit))
+        return results
+
+    def _predict_request(self, tasks: list[ImageTask], seed: int | None,
+                         timeout_s: float) -> list[GeneratedImage | FailedImage]:
         types = self._types
         first = tasks[0]
         args = dict(self.spec.call_args)
-        # Imagen takes a seed only with its SynthID watermark off; the watermark stays on unless the
-        # model's config turns it off, and then the request's seed is the first image's.
         watermark = bool(args.pop("add_watermark", True))
-        seed = None if watermark else first.seed
         config = types.GenerateImagesConfig(
             number_of_images=len(tasks),
             aspect_ratio=aspect_ratio(first.width, first.height, PREDICT_RATIOS),
@@ -127,7 +144,7 @@ class GoogleImageGenerator:
         generated = list(response.generated_images or [])
         results: list[GeneratedImage | FailedImage] = []
         for i, task in enumerate(tasks):
-            task = _with_seed(task, seed)
+            task = _with_seed(task, seed)  # the seed sent, not the one planned: None with the watermark on
             item = generated[i] if i < len(generated) else None
             data = item.image.image_bytes if item is not None and item.image is not None else None
             if not data:

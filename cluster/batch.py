@@ -67,7 +67,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ImageGenError("IMG_024", f"manifest {path} cannot be read: {exc.strerror or exc}.") from None
+        raise ImageGenError("IMG_024", f"manifest {str(path)!r} cannot be read: {exc.strerror or exc}.") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             data = yaml.safe_load(text) or []
@@ -76,9 +76,9 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         else:
             data = [json.loads(line) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ImageGenError("IMG_024", f"manifest {path}: {' '.join(str(exc).split())[:200]}") from None
+        raise ImageGenError("IMG_024", f"manifest {str(path)!r}: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
-        raise ImageGenError("IMG_024", f"manifest {path} must hold a non-empty list of request mappings.")
+        raise ImageGenError("IMG_024", f"manifest {str(path)!r} must hold a non-empty list of request mappings.")
     return data
 
 
@@ -110,7 +110,7 @@ def build_entries(path: Path, registry: Registry, defaults: dict[str, str | None
             other = seen_folders.get(entry.request.folder_name)
             if other is not None:
                 raise ImageGenError("IMG_024", f"manifest entries {other!r} and {entry_id!r} share the folder "
-                                               f"{entry.request.folder_name}; give each its own folder-name.")
+                                               f"{str(entry.request.folder_name)!r}; give each its own folder-name.")
             seen_folders[entry.request.folder_name] = entry_id
         entries.append(entry)
     return entries

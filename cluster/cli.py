@@ -31,7 +31,8 @@ REQUEST_FLAGS = (
     ("--width", "Image width in pixels, a multiple of 16 (default: the model's)."),
     ("--height", "Image height in pixels, a multiple of 16 (default: the model's)."),
     ("--steps", "Denoising steps (default: the model's)."),
-    ("--address", "Ray cluster to join (host:port or auto); default: start an embedded Ray instance."),
+    ("--address", "Ray cluster to join (host:port or auto), or local for an embedded instance; default: the "
+                  "cluster running on this machine, else an embedded instance."),
     ("--config", "Another models.yaml (default: configs/models.yaml)."),
     ("--upload-uri", "gs://bucket/prefix: upload images to Google Cloud Storage (default: configs/output.yaml)."),
     ("--signed-urls", "true or false: V4 signed URLs instead of public ones (default: configs/output.yaml)."),
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "skipped on a rerun; a bad entry never stops the others.")
     batch.add_argument("manifest", metavar="MANIFEST", help="JSON Lines (.jsonl) or YAML (.yaml) manifest.")
     batch.add_argument("--address", default=None, metavar="VALUE",
-                       help="Ray cluster to join (auto or host:port); default: an embedded instance.")
+                       help="Ray cluster to join (auto or host:port), or local; default: the cluster running here, else an embedded instance.")
     batch.add_argument("--entries-at-once", default="2", metavar="N", help="Entries running at the same time (default 2).")
     batch.add_argument("--config", default=None, metavar="FILE", help="Another models.yaml.")
     batch.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml.")
@@ -130,7 +131,7 @@ def _batch(args: argparse.Namespace) -> int:
     from cluster.limits import load_limits
     from cluster.progress import choose_sinks
     from cluster.ray_runtime import RayRuntime
-    from cluster.resident import registry_actor
+    from cluster.resident import REGISTRY_TIMEOUT, RELEASE_TIMEOUT, registry_actor
     from models.registry import load_registry
 
     registry = load_registry(args.config)
@@ -139,16 +140,17 @@ def _batch(args: argparse.Namespace) -> int:
     entries = build_entries(Path(args.manifest), registry, {"scorer": args.scorer})
     import ray
 
-    with StopOnSignal() as stop, machine_stdout(args.json) as out, RayRuntime(args.address, args.debug):
+    with StopOnSignal() as stop, machine_stdout(args.json) as out, RayRuntime(args.address, args.debug) as runtime:
         events = Events(*choose_sinks(args.json, out=out))
-        before = {e["name"] for e in ray.get(registry_actor().entries.remote())}
+        before = {e["name"] for e in ray.get(registry_actor().entries.remote(), timeout=REGISTRY_TIMEOUT)}
         try:
             results = run_batch(entries, registry, limits, events=events, stop=stop.event, entries_at_once=at_once,
                                 run=_with_history(args.history_db))
         finally:
-            if args.address is None:  # an embedded cluster's warm replicas end with the batch
-                created = [e["name"] for e in ray.get(registry_actor().entries.remote()) if e["name"] not in before]
-                ray.get(registry_actor().release.remote(names=created))
+            if runtime.embedded:  # an embedded cluster's warm replicas end with the batch
+                created = [e["name"] for e in ray.get(registry_actor().entries.remote(), timeout=REGISTRY_TIMEOUT)
+                           if e["name"] not in before]
+                ray.get(registry_actor().release.remote(names=created), timeout=RELEASE_TIMEOUT)
         if args.json:
             print(json.dumps({"event": "batch_summary", "entries": [r.__dict__ for r in results]}), file=out,
                   flush=True)
@@ -230,6 +232,10 @@ def _cluster_status(args: argparse.Namespace) -> int:
         detail = row.get("state") or (f"running {row['running']}, queued {row['queued']}, {row['calls']} calls, "
                                       f"idle {row['idle_seconds']:.0f}s")
         print(f"model {row['model']} ({row['name']}): {detail}")
+    for group in state["placement_groups"]:
+        if group["held_by"] is None:
+            print(f"placement group {group['name']} ({group['state']}): held by no live replica; "
+                  "`multi-image cluster down` frees it")
     return 0
 
 
@@ -296,7 +302,9 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.json:
         _print_summary(result)
     if result.outcome.error is not None and result.exit_code != 0:
-        print(f"error {result.outcome.error.code}: {result.outcome.error.message}", file=sys.stderr)
+        from cluster.progress import one_line
+
+        print(f"error {result.outcome.error.code}: {one_line(result.outcome.error.message)}", file=sys.stderr)
     if stop.signal == signal.SIGTERM:
         return 143
     return result.exit_code
@@ -345,20 +353,27 @@ class StopOnSignal:
 
 
 def _print_summary(result) -> None:
+    from cluster.progress import one_line
+
+    # the folder comes from folder-name, model ids from --config, messages from backends
     outcome = result.outcome
     outputs = result.outputs
     made, planned = len(outcome.images), outcome.planned_total
-    print(f"{outcome.status}: {made}/{planned} images in {outcome.total_seconds:.1f}s -> {outcome.folder_display}")
+    print(one_line(f"{outcome.status}: {made}/{planned} images in {outcome.total_seconds:.1f}s -> "
+                   f"{outcome.folder_display}"))
     primary = outcome.primary_image
     if primary is not None:
-        print(f"primary: images/generated-image.png ({primary.model}, seed {primary.image.task.seed}, "
-              f"quality {primary.quality.overall:.3f})")
+        print(one_line(f"primary: images/generated-image.png ({primary.model}, seed {primary.image.task.seed}, "
+                       f"quality {primary.quality.overall:.3f})"))
     for failure in outcome.failures:
-        print(f"failed: planned image {failure.task.index} on {failure.task.model}: {failure.code} {failure.message}")
-    print(f"report: {outputs['generation-report']}")
+        print(one_line(f"failed: planned image {failure.task.index} on {failure.task.model}: {failure.code} "
+                       f"{failure.message}"))
+    print(one_line(f"report: {outputs['generation-report']}"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cluster.progress import one_line
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     parser = build_parser()
@@ -371,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImageGenError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+        # messages quote user values (paths, flags): whatever they hold, the error stays one line
+        print(f"error {exc.code}: {one_line(exc.message)}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         print("error IMG_021: interrupted", file=sys.stderr)
@@ -379,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug must still end in one line, not a traceback
         if debug:
             traceback.print_exc()
-        print(f"error IMG_020: unexpected failure: {' '.join(str(exc).split())[:300]} "
+        print(f"error IMG_020: unexpected failure: {one_line(' '.join(str(exc).split())[:300])} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return 1
 

@@ -7,6 +7,8 @@ from IMG_011 up is ours. The CLI turns an `ImageGenError` into a single line
 
 from __future__ import annotations
 
+import re
+
 # code -> (short title, exit status when it ends the run)
 # Exit 2 is "the input was wrong, nothing was written"; exit 1 is "we tried and failed".
 ERROR_CODES: dict[str, tuple[str, int]] = {
@@ -71,12 +73,20 @@ class ImageGenError(Exception):
         return (type(self), (self.code, self.message, self.retryable))
 
 
+# Ray colours its error texts for terminals; in a report or a CI log the codes are noise
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
 def describe_exception(exc: BaseException, limit: int = 300) -> str:
     """One line for a report: the original exception inside Ray's wrappers, not their traceback dump."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         exc = cause
-    text = " ".join(str(exc).split())
+    text = " ".join(strip_ansi(str(exc)).split())
     return f"{type(exc).__name__}: {text}"[:limit]
 
 

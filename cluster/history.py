@@ -65,18 +65,19 @@ class History:
     def record(self, outcome: RunOutcome) -> str:
         """Append one run's per-model outcomes; returns its run id."""
         run_id = uuid.uuid4().hex
+        labels = _weights_labels(outcome)
         per_model: dict[str, dict] = {}
         for final in outcome.images:
-            row = per_model.setdefault(final.model, _blank())
+            row = per_model.setdefault(final.model, _blank(labels(final.model)))
             row["images"] += 1
             row["seconds"].append(final.image.seconds)
             row["scores"].append(final.quality.overall)
             row["weights"] = final.image.weights
         for failure in outcome.failures:
-            per_model.setdefault(failure.task.model, _blank())["failed"] += 1
+            per_model.setdefault(failure.task.model, _blank(labels(failure.task.model)))["failed"] += 1
         for attempts in [f.image.attempts for f in outcome.images] + [f.attempts for f in outcome.failures]:
             for attempt in attempts:
-                row = per_model.setdefault(attempt.model, _blank())
+                row = per_model.setdefault(attempt.model, _blank(labels(attempt.model)))
                 row["attempts"] += 1
                 row["successes"] += attempt.code is None
         with closing(self._connect()) as db, db:
@@ -127,8 +128,21 @@ class History:
         return (row["success_rate"] or 0.0) * row["mean_quality"]
 
 
-def _blank() -> dict:
-    return {"images": 0, "failed": 0, "attempts": 0, "successes": 0, "seconds": [], "scores": [], "weights": "real"}
+def _blank(weights: str) -> dict:
+    return {"images": 0, "failed": 0, "attempts": 0, "successes": 0, "seconds": [], "scores": [], "weights": weights}
+
+
+def _weights_labels(outcome: RunOutcome):
+    """The weights label of a model that made no image in this run: what its replicas loaded, else
+    what the run's registry says, else "unknown". Never "real" by default: a random-weight model
+    whose runs only failed would otherwise count as a real model's record and move the smart
+    strategy."""
+    loaded = {model: infos[0].weights for model, infos in outcome.replicas.items() if infos}
+
+    def label(model: str) -> str:
+        return loaded.get(model) or outcome.model_weights.get(model) or "unknown"
+
+    return label
 
 
 def _avg(values: list[float]) -> float | None:

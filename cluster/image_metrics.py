@@ -64,9 +64,15 @@ class ArtifactReport:
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
-    """Rec. 601 luma in 0..1 from an HxWx3 uint8 (or 0..1 float) array."""
+    """Rec. 601 luma in 0..1 from an HxWx3 integer (0..255; uint16 0..65535) or 0..1 float array.
+
+    The dtype decides the scale, never the values: a uint8 frame whose pixels are all 0 or 1 is
+    (nearly) black, and guessing from its maximum would read it as a 0..1 image of mid grey."""
+    rgb = np.asarray(rgb)
     arr = rgb.astype(np.float64)
-    if arr.max(initial=0.0) > 1.0:
+    if rgb.dtype == np.uint16:
+        arr = arr / 65535.0
+    elif np.issubdtype(rgb.dtype, np.integer):
         arr = arr / 255.0
     if arr.ndim == 2:
         return arr

@@ -86,7 +86,7 @@ class Limits(BaseModel):
             return Limits(performance_limits=PerformanceLimits(**perf), scheduler=SchedulerLimits(**sched))
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise ImageGenError("IMG_025", f"limit {err['loc'][-1]}: {err['msg']}.") from None
+            raise ImageGenError("IMG_025", f"limit {err['loc'][-1]!r}: {err['msg']}.") from None
 
 
 def _convert(key: str, value: Any) -> Any:
@@ -103,23 +103,23 @@ def load_limits(path: str | Path | None = None) -> Limits:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ImageGenError("IMG_018", f"limits file {path} does not exist.") from None
+        raise ImageGenError("IMG_018", f"limits file {str(path)!r} does not exist.") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ImageGenError("IMG_018", f"limits file {path} cannot be read as YAML: {' '.join(str(exc).split())}") from None
+        raise ImageGenError("IMG_018", f"limits file {str(path)!r} cannot be read as YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
-        raise ImageGenError("IMG_018", f"limits file {path} must be a mapping.")
+        raise ImageGenError("IMG_018", f"limits file {str(path)!r} must be a mapping.")
     perf = dict(raw.get("performance_limits") or {})
     for key in ("memory_limit_per_image", "disk_space_limit"):
         if key in perf:
             try:
                 perf[key] = parse_size(perf[key])
             except ValueError as exc:
-                raise ImageGenError("IMG_018", f"{path.name}: {key}: {exc}") from None
+                raise ImageGenError("IMG_018", f"{path.name!r}: {key}: {exc}") from None
     try:
         unknown = set(raw) - {"performance_limits", "scheduler"}
         if unknown:
-            raise ImageGenError("IMG_018", f"{path.name}: unknown section(s) {', '.join(sorted(unknown))}.")
+            raise ImageGenError("IMG_018", f"{path.name!r}: unknown section(s) {', '.join(map(repr, sorted(unknown)))}.")
         return Limits(performance_limits=PerformanceLimits(**perf), scheduler=SchedulerLimits(**(raw.get("scheduler") or {})))
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ImageGenError("IMG_018", f"{path.name}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise ImageGenError("IMG_018", f"{path.name!r}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -4,12 +4,30 @@ event in CI logs, JSON lines with --json. All three read the same event stream."
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from cluster.events import Sink, plain_lines
+
+# The Actions runner reads every line of a step's stdout and stderr as a possible workflow command:
+# one that starts with `::` (after blanks), or one holding the legacy `##[` prefix anywhere. Its
+# line reader also ends a line at a lone carriage return.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]|##\[")
+
+
+def one_line(text: object) -> str:
+    """`text` made safe to print as (part of) one log line: control characters and line separators
+    escaped the way repr writes them, `##[` broken up. A user value can then neither start a line
+    of its own nor be read as a workflow command."""
+    return _UNSAFE.sub(_escape, str(text))
+
+
+def _escape(match: re.Match) -> str:
+    found = match.group()
+    return "#\\x23[" if found == "##[" else found.encode("unicode_escape").decode("ascii")
 
 
 @dataclass
@@ -122,7 +140,9 @@ def json_lines(stream: TextIO | None = None) -> Sink:
     """One JSON object per event on stdout, for machines."""
 
     def sink(event: dict[str, Any]) -> None:
-        print(json.dumps(event, default=str, ensure_ascii=False), file=stream or sys.stdout, flush=True)
+        # json.dumps escapes control characters itself; "\u005b" is the same JSON string as "["
+        line = json.dumps(event, default=str, ensure_ascii=False).replace("##[", "##\\u005b")
+        print(line, file=stream or sys.stdout, flush=True)
 
     return sink
 
@@ -134,4 +154,14 @@ def choose_sinks(json_mode: bool, stream: TextIO | None = None, out: TextIO | No
     err = stream or sys.stderr
     if err.isatty():
         return [rich_display(err)]
-    return [plain_lines(err)]
+    return [_one_line_fields(plain_lines(err))]
+
+
+def _one_line_fields(sink: Sink) -> Sink:
+    """Plain lines go to CI logs, where an event's fields (a model id from --config, a message
+    from a backend) are printed as they are: pass them through `one_line` first."""
+
+    def escaped(event: dict[str, Any]) -> None:
+        sink({k: v if v is None or k in ("event", "time") else one_line(v) for k, v in event.items()})
+
+    return escaped

@@ -80,8 +80,11 @@ def overall_score(detailed: dict[str, float | None]) -> float:
 
 
 def quality_tier(overall: float) -> str:
+    # The tier of the score as reported (4 decimals): renormalised weights leave float error, and an
+    # overall of 0.6999999999999998 shown as 0.7 must not be "acceptable" beside it.
+    reported = round(float(overall), 4)
     for bound, name in TIERS:
-        if overall >= bound:
+        if reported >= bound:
             return name
     return TIERS[-1][1]
 

@@ -61,6 +61,7 @@ class RunOutcome:
     costs: dict[str, float] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     folder_display: str = ""
+    model_weights: dict[str, str] = field(default_factory=dict)  # "real"/"random" of every model the run could use
     primary_url: str | None = None  # set when the primary copy was uploaded
     upload: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)  # per-model summary of earlier runs (cluster.history)

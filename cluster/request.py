@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -76,7 +77,7 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
 
     unknown = set(raw) - set(GenerationRequest.model_fields)
     if unknown:
-        raise ImageGenError("IMG_011", f"unknown input(s): {', '.join(sorted(unknown))}.")
+        raise ImageGenError("IMG_011", f"unknown input(s): {', '.join(map(repr, sorted(unknown)))}.")
 
     fields: dict[str, Any] = {
         "image_prompt": parse_prompt(get("image_prompt")),
@@ -91,7 +92,7 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         "width": parse_side(get("width"), "--width"),
         "height": parse_side(get("height"), "--height"),
         "steps": _parse_int(get("steps"), "--steps", 1, MAX_STEPS, "IMG_017"),
-        "address": (get("address") or "").strip() or None,
+        "address": parse_address(get("address")),
         "config": registry.path,
         "upload_uri": parse_upload_uri(get("upload_uri")),
         "scorer": parse_scorer(get("scorer")),
@@ -137,6 +138,20 @@ def parse_folder(value: str | None, cwd: Path) -> Path:
     if folder.exists() and not folder.is_dir():
         raise ImageGenError("IMG_016", f"--folder-name {text!r} exists and is not a folder.")
     return folder
+
+
+# What a Ray address is made of (auto, local, HOST:PORT, [IPv6]:PORT, ray://HOST:PORT). Anything
+# else is refused here, at the edge, rather than echoed back later by a failed connection.
+_ADDRESS = re.compile(r"[A-Za-z0-9._~:/@%\[\]-]+")
+
+
+def parse_address(value: str | None) -> str | None:
+    text = (value or "").strip()
+    if not text:
+        return None
+    if not _ADDRESS.fullmatch(text):
+        raise ImageGenError("IMG_011", f"--address {text!r} is not a Ray address; give auto, HOST:PORT or ray://HOST:PORT.")
+    return text
 
 
 def parse_scorer(value: str | None) -> str | None:
@@ -211,7 +226,7 @@ def parse_threshold(value: str | None) -> float:
     except ValueError:
         raise ImageGenError("IMG_012", f"--quality-threshold {value!r} is not a number; give 0.0 to 1.0.") from None
     if math.isnan(threshold) or not 0.0 <= threshold <= 1.0:
-        raise ImageGenError("IMG_012", f"--quality-threshold {value.strip()} is out of range; give 0.0 to 1.0.")
+        raise ImageGenError("IMG_012", f"--quality-threshold {value.strip()!r} is out of range; give 0.0 to 1.0.")
     return threshold
 
 

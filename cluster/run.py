@@ -106,6 +106,7 @@ def run_generation(
     cluster_info: dict = {}
     scores: list[QualityScore] = []
     scorer_info: dict = {}
+    scorer_failure = ""
     error: ImageGenError | None = None
     try:
         with RayRuntime(request.address, request.debug) as runtime:
@@ -132,6 +133,10 @@ def run_generation(
                 schedule.images.sort(key=lambda i: i.task.index)
                 scores = run_scorer.score(schedule.images)
                 scorer_info = run_scorer.describe()
+            except Exception as exc:  # noqa: BLE001 - scoring must never cost the run its images
+                scorer_failure = f"the scorer failed: {describe_exception(exc)}"
+                events.emit("scorer_failed", message=scorer_failure)
+                scores = []
             finally:
                 if scorer is None:
                     run_scorer.release()
@@ -146,10 +151,11 @@ def run_generation(
         error = ImageGenError(last.code, f"no image was made: {last.message}")
 
     if len(scores) != len(schedule.images):  # the scorer could not run (e.g. Ray went away)
-        fallback = WeightFreeScorer("the scoring stage did not complete")
+        fallback = WeightFreeScorer(scorer_failure or "the scoring stage did not complete")
         scores, scorer_info = fallback.score(schedule.images), fallback.describe()
     outcome = _outcome(request, plan, schedule, scores, scorer_info, replicas, error, started, started_at,
                        cluster_info)
+    outcome.model_weights = {spec.id: spec.weights for spec in registry}
     events.emit("scored", images=len(outcome.images), primary=outcome.primary)
     outcome.history = _safe(history.summary)() or {}
     outcome.metrics = run_metrics(outcome, schedule.max_in_flight, schedule.calls,

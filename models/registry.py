@@ -159,7 +159,8 @@ class Registry:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ImageGenError(
                 "IMG_002",
-                f"model {model_id!r} is not in {self.path.name}.{hint} Known models: {', '.join(self._specs)}.",
+                f"model {model_id!r} is not in {self.path.name!r}.{hint} "
+                f"Known models: {', '.join(map(repr, self._specs))}.",
             ) from None
 
 
@@ -168,25 +169,29 @@ def load_registry(path: str | Path | None = None) -> Registry:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ImageGenError("IMG_018", f"model config {path} does not exist; pass an existing file to --config.") from None
+        raise ImageGenError(
+            "IMG_018", f"model config {str(path)!r} does not exist; pass an existing file to --config."
+        ) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ImageGenError("IMG_018", f"model config {path} cannot be read as YAML: {_one_line(exc)}") from None
+        raise ImageGenError("IMG_018", f"model config {str(path)!r} cannot be read as YAML: {_one_line(exc)}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict) or not raw["models"]:
-        raise ImageGenError("IMG_018", f"model config {path} needs a non-empty `models:` mapping of id -> entry.")
+        raise ImageGenError("IMG_018", f"model config {str(path)!r} needs a non-empty `models:` mapping of id -> entry.")
     specs: dict[str, ModelSpec] = {}
     for model_id, entry in raw["models"].items():
         if not isinstance(entry, dict):
-            raise ImageGenError("IMG_018", f"{path.name}: entry {model_id!r} must be a mapping.")
+            raise ImageGenError("IMG_018", f"{path.name!r}: entry {model_id!r} must be a mapping.")
         try:
             specs[str(model_id)] = ModelSpec(id=str(model_id), **entry)
         except (ValidationError, TypeError) as exc:
-            raise ImageGenError("IMG_018", f"{path.name}: model {model_id!r}: {_pydantic_summary(exc)}") from None
+            raise ImageGenError("IMG_018", f"{path.name!r}: model {model_id!r}: {_pydantic_summary(exc)}") from None
     rules = raw.get("smart_selection") or {}
     if not isinstance(rules, dict) or any(not isinstance(v, list) for v in rules.values()):
-        raise ImageGenError("IMG_018", f"{path.name}: `smart_selection` maps a category to a list of model ids.")
+        raise ImageGenError("IMG_018", f"{path.name!r}: `smart_selection` maps a category to a list of model ids.")
     unknown = sorted({m for ids in rules.values() for m in ids} - set(specs))
     if unknown:
-        raise ImageGenError("IMG_018", f"{path.name}: `smart_selection` names unknown models: {', '.join(unknown)}.")
+        raise ImageGenError(
+            "IMG_018", f"{path.name!r}: `smart_selection` names unknown models: {', '.join(map(repr, unknown))}."
+        )
     return Registry(specs, path, {str(k): tuple(v) for k, v in rules.items()})
 
 

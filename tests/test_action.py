@@ -416,17 +416,153 @@ def test_commit_results_false_generates_and_pushes_nothing(inputs, workspace, or
     assert git(f"--git-dir={origin}", "rev-list", "--all", "--count").stdout.strip() == "1"
 
 
-def test_invalid_input_fails_the_step_with_exit_2_and_commits_nothing(inputs, workspace, origin, tmp_path):
-    inputs |= {"image-count": "11"}
+# what the legacy step's consumers read when no image was made
+NO_IMAGE_OUTPUTS = dict.fromkeys(ACTION["outputs"], "") | \
+    {"image-completed": "false", "images-completed": "0", "primary-image-index": "-1"}
+
+
+def head_of(workspace: Path) -> str:
+    """The branch the workspace is on, or the commit of a detached HEAD."""
+    branch = git("symbolic-ref", "--quiet", "--short", "HEAD", cwd=workspace, check=False).stdout.strip()
+    return branch or git("rev-parse", "HEAD", cwd=workspace).stdout.strip()
+
+
+@pytest.mark.parametrize("bad, code, start", [
+    pytest.param({"image-count": "11"}, "IMG_001", "branch", id="image-count"),
+    # actions/checkout of a pull request leaves a detached HEAD
+    pytest.param({"image-count": "11"}, "IMG_001", "detached", id="image-count-detached"),
+    # `.`-like names: the workspace itself, never generated into nor committed
+    pytest.param({"folder-name": "."}, "IMG_016", "branch", id="folder-dot"),
+    pytest.param({"folder-name": "./"}, "IMG_016", "branch", id="folder-dot-slash"),
+    pytest.param({"folder-name": "scenes/.."}, "IMG_016", "branch", id="folder-dot-dot"),
+    pytest.param({"config": "missing/models.yaml"}, "IMG_018", "branch", id="config"),
+])
+def test_invalid_input_fails_with_exit_2_commits_nothing_and_leaves_the_workspace_where_it_was(
+        inputs, workspace, origin, tmp_path, bad, code, start):
+    if start == "detached":
+        git("checkout", "--quiet", "--detach", "HEAD", cwd=workspace)
+    before = head_of(workspace)
+    inputs |= bad
     run = run_action(inputs, workspace, tmp_path)
     generate = run.step("generate")
     assert generate.returncode == 2
-    assert "error IMG_001" in generate.stderr
+    assert generate.stderr.splitlines()[-1].startswith(f"error {code}:")
     assert generate.output_text == ""  # neither the CLI's outputs nor comparison-report
     assert run.step("Commit and push the images").skipped
-    assert run.outputs == dict.fromkeys(ACTION["outputs"], "")
+    assert run.outputs == NO_IMAGE_OUTPUTS
     assert not (workspace / "scenes").exists()
     assert not branch_exists(origin, "images/run-1")
+    assert head_of(workspace) == before and before in ("main", git("rev-parse", "main", cwd=workspace).stdout.strip())
+    assert git("status", "--porcelain", cwd=workspace).stdout == ""
+
+
+def test_an_invalid_branch_name_fails_before_anything_and_still_gives_the_legacy_outputs(
+        inputs, workspace, origin, tmp_path):
+    inputs |= {"branch-name": "images/bad..name"}
+    run = run_action(inputs, workspace, tmp_path)
+    assert run.step("branch").returncode == 2
+    assert run.step("generate").skipped
+    assert run.outputs == NO_IMAGE_OUTPUTS
+    assert head_of(workspace) == "main"
+    assert git(f"--git-dir={origin}", "rev-list", "--all", "--count").stdout.strip() == "1"
+
+
+def ignore_a_secret(workspace: Path) -> None:
+    """A workflow repository that keeps a secret beside its files, gitignored (and pushed that way)."""
+    (workspace / ".gitignore").write_text(".env\n")
+    git("add", ".gitignore", cwd=workspace)
+    git("commit", "--quiet", "-m", "ignore .env", cwd=workspace)
+    git("push", "--quiet", "origin", "main", cwd=workspace)
+    (workspace / ".env").write_text("API_KEY=hunter2\n")
+
+
+@pytest.mark.parametrize("folder", ["*", ":(exclude)x", ".*", "[.]env", ":/"],
+                         ids=["star", "exclude-magic", "dot-star", "glob-class", "top-magic"])
+def test_folder_name_is_a_path_never_a_pathspec(inputs, workspace, origin, tmp_path, folder):
+    ignore_a_secret(workspace)
+    (workspace / "notes.txt").write_text("untracked, not the action's\n")
+    inputs |= {"folder-name": folder}
+    run = run_action(inputs, workspace, tmp_path)
+    assert not run.failed, [(s.name, s.returncode, s.stderr[-2000:]) for s in run.steps]
+    name = os.path.normpath(folder)  # `:/` is the folder `:`
+    assert (workspace / name / "metadata/generation-report.json").is_file()
+
+    files = pushed_files(origin, "images/run-1")
+    assert ".env" not in files and "notes.txt" not in files
+    assert {f for f in files if not f.startswith(f"{name}/")} == {"README.md", ".gitignore"}
+    assert f"{name}/images/generated-image.png" in files
+    assert head_message(origin, "images/run-1").strip() == f"multi-image: add images to {name}"
+    # nothing else was staged or committed locally either
+    assert git("status", "--porcelain", "--ignored", cwd=workspace).stdout.splitlines() == \
+        ["?? notes.txt", "!! .env"]
+
+
+def test_config_is_read_from_the_triggering_commit_not_the_results_branch(inputs, workspace, origin, tmp_path):
+    # the results branch exists already (an earlier scene), from before the registry was added
+    git("push", "--quiet", str(origin), "main:refs/heads/images/run-1", cwd=workspace)
+    registry = workspace / "registry/models.yaml"
+    registry.parent.mkdir()
+    registry.write_text(Path(inputs["config"]).read_text())
+    git("add", "registry/models.yaml", cwd=workspace)
+    git("commit", "--quiet", "-m", "our own models", cwd=workspace)  # on main only, as a push trigger has it
+    inputs |= {"config": "registry/models.yaml"}
+    run = run_action(inputs, workspace, tmp_path)
+    assert not run.failed, [(s.name, s.returncode, s.stderr[-2000:]) for s in run.steps]
+    report = assert_consistent(parse_outputs(run.step("generate").output_text), workspace, "scenes/scene-1")
+    assert [i["model_used"] for i in report["images"]] == ["local"]
+    # generated and pushed on the results branch, which still does not hold the registry
+    files = pushed_files(origin, "images/run-1")
+    assert "scenes/scene-1/images/generated-image.png" in files and "registry/models.yaml" not in files
+    assert git(f"--git-dir={origin}", "rev-parse", "images/run-1~1").stdout == \
+        git(f"--git-dir={origin}", "rev-parse", "main").stdout
+
+
+PAYLOAD = "\n::error::pwned\n::set-output name=x::y\r::warning::carriage ##[error]legacy"
+DEPRECATION = ("::warning title=multi-image::the oauth-token and mcp-config inputs are deprecated and ignored; "
+               "remove them from the workflow.")
+
+
+def command_lines(run: ActionRun) -> list[tuple[str, str]]:
+    """Lines the runner would execute as workflow commands. Its line reader ends a line at \\n, \\r
+    or both; a command is a line starting with `::` after blanks, or holding `##[` anywhere."""
+    found = []
+    for step in run.steps:
+        for line in re.split(r"\r\n|\r|\n", step.stdout + "\n" + step.stderr):
+            if (line.lstrip().startswith("::") or "##[" in line) and \
+                    not (step.name == "Deprecated inputs" and line == DEPRECATION):
+                found.append((step.name, line))
+    return found
+
+
+def hostile_values() -> list:
+    """Every input, a usable value of it followed by the payload; config and ray-address take the
+    fixture's value (known only in the test)."""
+    base = {"image-prompt": "a lighthouse", "folder-name": "scenes/scene-1", "branch-name": "images/run-1",
+            "models": "local", "scorer": "none", "commit-results": "true", "install": "false"}
+    cases = [pytest.param(name, base.get(name, as_text(spec.get("default", ""))) + PAYLOAD, id=f"{name}-newline")
+             for name, spec in ACTION["inputs"].items()]
+    # valid values that run all the way: echoed into logs, they must not read as commands either
+    return cases + [pytest.param("folder-name", "scenes/##[error]pwned ::error::x", id="folder-name-commands"),
+                    pytest.param("image-prompt", "##[error]pwned", id="image-prompt-legacy-command")]
+
+
+@pytest.mark.parametrize("name, value", hostile_values())
+def test_no_input_can_inject_a_workflow_command(inputs, workspace, origin, tmp_path, name, value):
+    if name in ("config", "ray-address"):
+        value = inputs[name] + PAYLOAD
+    if name == "python":  # only the install step reads it
+        inputs["install"] = "true"
+    inputs |= {name: value}
+    run = run_action(inputs, workspace, tmp_path)
+    assert command_lines(run) == []
+    for step in run.steps:  # nor an output of its own
+        assert set(parse_outputs(step.output_text)) <= EXPECTED_OUTPUTS | {"bin", "config", "start-ref"}, step.name
+    generate = run.step("generate")
+    if not generate.skipped and generate.returncode == 2:  # the error is still one readable line
+        assert generate.stderr.count("error IMG_") == 1
+        assert generate.stderr.splitlines()[-1].startswith("error IMG_")
+        # where the message cites the value, it shows it escaped, not left out
+        assert "pwned" not in generate.stderr or "\\n::error::pwned\\n::set-output" in generate.stderr
 
 
 def test_action_yml_declares_the_design_cards_interface():
@@ -444,3 +580,30 @@ def test_action_yml_declares_the_design_cards_interface():
     for step in ACTION["runs"]["steps"]:
         env_text = json.dumps(step.get("env") or {})
         assert "oauth-token" not in env_text and "mcp-config" not in env_text
+
+
+def test_the_cli_prints_a_user_error_as_one_line_whatever_the_value_holds(capsys):
+    """Below the Action: every line break the runner knows, terminal escapes and `##[`."""
+    from cluster.cli import main
+
+    config = "x\u2028::error::a\x1b[31m\r\n::error::b\x85 ##[error]c.yaml"
+    status = main(["generate", "--image-prompt=a cat", "--folder-name=out", f"--config={config}"])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.endswith("\n")
+    line = captured.err[:-1]
+    assert line.startswith("error IMG_018: model config ")
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", line) and "##[" not in line
+    assert "\\u2028::error::a\\x1b[31m\\r\\n::error::b\\x85 #\\x23[error]c.yaml" in line
+
+
+def test_plain_progress_lines_hold_one_event_each():
+    import io
+
+    from cluster.progress import choose_sinks
+
+    log = io.StringIO()
+    (sink,) = choose_sinks(False, stream=log)
+    sink({"event": "model_loading", "time": 0.0, "model": "m\r::error::x ##[error]y", "replicas": 2})
+    assert log.getvalue().count("\n") == 1 and "\r" not in log.getvalue() and "##[" not in log.getvalue()
+    assert log.getvalue() == "[multi-image] model_loading model=m\\r::error::x #\\x23[error]y replicas=2\n"

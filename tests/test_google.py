@@ -5,6 +5,7 @@ Error handling follows the design card's table; the API key never leaks.
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -16,7 +17,9 @@ from cluster.cli import main
 from cluster.github_output import parse_outputs
 from cluster.run import run_generation
 from models.registry import load_registry
+from PIL import Image
 from tests.conftest import API_KEY
+from tests.fake_vertex import png_bytes
 from tests.helpers import make_request, quick_limits, read_json
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -46,6 +49,31 @@ def test_imagen_predict_makes_a_batch_in_one_request(vertex, tmp_path, registry,
     assert report["images"][0]["seed"] is None  # the watermark stays on, so no seed is sent
     out = capsys.readouterr()
     assert_no_key_anywhere(tmp_path, out.out, out.err, repr(result.outcome))
+
+
+def test_imagen_with_a_seed_records_the_seed_that_made_each_image(vertex, tmp_path):
+    # With the watermark off Imagen takes one seed per request; each image must be reproducible from
+    # the seed it records, so each is its own request sent with that seed.
+    config = yaml.safe_load(open(load_registry().path))
+    entry = config["models"]["imagen4-fast"]
+    entry["call_args"] = {"add_watermark": False}
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": {"imagen4-fast": entry}}))
+    registry = load_registry(path)
+    request = make_request(registry, tmp_path, models="imagen4-fast", image_count=3, seed=40)
+    result = run_generation(request, registry, quick_limits())
+    assert result.exit_code == 0 and len(result.outcome.images) == 3
+    calls = vertex.of("imagen-4.0-fast-generate-001")
+    assert sorted((c["body"]["parameters"]["seed"], c["body"]["parameters"]["sampleCount"]) for c in calls) == [
+        (40, 1), (41, 1), (42, 1)]
+    assert all(c["body"]["parameters"]["addWatermark"] is False for c in calls)
+    report = read_json(tmp_path / "out/metadata/generation-report.json")
+    assert sorted(i["seed"] for i in report["images"]) == [40, 41, 42]
+    for final in result.outcome.images:
+        # The loopback server paints a colour from the seed it was sent: the recorded seed made it.
+        pixel = Image.open(io.BytesIO(final.image.png)).convert("RGB").getpixel((1, 0))
+        expected = Image.open(io.BytesIO(png_bytes(final.image.task.seed))).convert("RGB").getpixel((1, 0))
+        assert pixel == expected
 
 
 def test_gemini_generate_content_one_image_per_request(vertex, tmp_path, registry):

@@ -55,6 +55,26 @@ def test_artifacts_flag_black_flat_noise_and_nan(images):
     assert "nonfinite" in nan_decode.flags and nan_decode.generation_artifacts >= 0.5
 
 
+def test_a_uint8_frame_of_zeros_and_ones_is_black_not_mid_grey(images):
+    rng = np.random.default_rng(1)
+    dark = rng.integers(0, 2, images["sharp"].shape).astype(np.uint8)  # pixel values 0 or 1 of 255
+    assert set(np.unique(dark)) == {0, 1}
+    art = generation_artifacts(dark)
+    assert "black" in art.flags and art.generation_artifacts == 1.0
+    assert technical_quality(dark, (128, 128)).mean_luminance == pytest.approx(0.5 / 255, abs=5e-4)
+    # The same values as floats are a 0..1 image: half white, which is not black.
+    assert "black" not in generation_artifacts(dark.astype(np.float32)).flags
+
+
+def test_float_and_integer_frames_of_one_image_score_alike(images):
+    as_float = images["sharp"].astype(np.float32) / 255.0
+    assert technical_quality(as_float, (128, 128)).technical_quality == pytest.approx(
+        technical_quality(images["sharp"], (128, 128)).technical_quality, abs=1e-6)
+    sixteen = images["sharp"].astype(np.uint16) * 257  # 16-bit PNGs scale 255 to 65535
+    assert technical_quality(sixteen, (128, 128)).mean_luminance == pytest.approx(
+        technical_quality(images["sharp"], (128, 128)).mean_luminance)
+
+
 def test_overall_is_the_seed_weighting():
     detailed = {"technical_quality": 0.8, "prompt_alignment": 0.6, "aesthetic_appeal": 0.5,
                 "generation_artifacts": 0.1}
@@ -74,3 +94,29 @@ def test_missing_scores_renormalise_instead_of_inventing_numbers():
                                         (0.35, "poor"), (0.1, "unusable")])
 def test_tiers(score, tier):
     assert quality_tier(score) == tier
+
+
+# Each bound belongs to the tier above it (the seed's ">= 0.85 excellent" ...); just under it does not.
+@pytest.mark.parametrize("score,tier", [
+    (1.0, "excellent"), (0.85, "excellent"), (0.8499, "good"),
+    (0.70, "good"), (0.6999, "acceptable"),
+    (0.50, "acceptable"), (0.4999, "poor"),
+    (0.30, "poor"), (0.2999, "unusable"), (0.0, "unusable"),
+])
+def test_tier_boundaries(score, tier):
+    assert quality_tier(score) == tier
+
+
+@pytest.mark.parametrize("bound,tier", [(0.85, "excellent"), (0.70, "good"), (0.50, "acceptable"), (0.30, "poor")])
+def test_a_computed_score_on_a_boundary_gets_the_tier_it_is_reported_with(bound, tier):
+    # Without alignment and aesthetics the weights are renormalised, which leaves float error:
+    # 0.7 everywhere comes out as 0.6999999999999998 and is reported as 0.7.
+    detailed = {"technical_quality": bound, "prompt_alignment": None, "aesthetic_appeal": None,
+                "generation_artifacts": round(1 - bound, 2)}
+    overall = overall_score(detailed)
+    assert round(overall, 4) == bound
+    assert quality_tier(overall) == tier
+    from cluster.quality import make_score
+
+    reported = make_score(detailed, {}).as_dict()
+    assert (reported["overall_score"], reported["quality_tier"]) == (bound, tier)

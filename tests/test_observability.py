@@ -34,7 +34,9 @@ def test_progress_state_counts_per_model_and_estimates():
     a, b = state.models["a"], state.models["b"]
     assert (a.total, a.done, a.running, a.state) == (4, 1, 1, "ready")
     assert b.total == 0
-    assert state.eta_seconds("a") is not None and state.eta_seconds("b") == 0.0
+    state.started = time.monotonic() - 6.0  # one image done in 6 s, three to go
+    assert state.eta_seconds("a") == pytest.approx(18.0, abs=0.5)
+    assert state.eta_seconds("b") == 0.0
 
 
 def test_progress_counts_a_batchs_entries():
@@ -87,7 +89,10 @@ def test_metrics_in_the_report_and_in_prometheus(tmp_path):
     assert generation["error_codes"] == {"IMG_023": 1}
     assert set(metrics) == {"generation_metrics", "performance_metrics", "quality_metrics"}
     assert metrics["performance_metrics"]["generation_calls"] == 3
-    assert metrics["quality_metrics"]["average_quality_scores_by_model"]["metric-model"] > 0
+    scores = [i["quality_score"] for i in read_json(tmp_path / "out/metadata/generation-report.json")["images"]]
+    assert len(scores) == 2
+    assert metrics["quality_metrics"]["average_quality_scores_by_model"]["metric-model"] == pytest.approx(
+        sum(scores) / 2, abs=1e-3)
 
     port = SESSION_INFO["context"].address_info["metrics_export_port"]
 
@@ -104,29 +109,36 @@ def test_metrics_in_the_report_and_in_prometheus(tmp_path):
             break
         time.sleep(1)
     assert generated_count(body) == 2.0
-    failed_lines = [l for l in body.splitlines() if l.startswith("ray_kamui_images_failed_total{") and 'code="IMG_023"' in l]
-    assert failed_lines
+    failed_lines = [l for l in body.splitlines() if l.startswith("ray_kamui_images_failed_total{")
+                    and 'code="IMG_023"' in l and 'model="metric-model"' in l]
+    assert [float(l.rsplit(" ", 1)[1]) for l in failed_lines] == [1.0]
     assert "ray_kamui_generation_seconds_bucket" in body and "ray_kamui_calls_in_flight" in body
 
 
 def test_history_records_and_summarises(registry, tmp_path):
     request = make_request(registry, tmp_path, models="tiny-flux,tiny-sd")
     history = History(tmp_path / "h.sqlite")
+    flux_scores = []
     for seed in range(3):
-        history.record(outcome_for(request, [generated(0, "tiny-flux", seed), generated(1, "tiny-sd", seed)]))
+        outcome = outcome_for(request, [generated(0, "tiny-flux", seed), generated(1, "tiny-sd", seed)])
+        flux_scores.append(outcome.images[0].quality.overall)
+        history.record(outcome)
+    assert len(set(flux_scores)) == 3  # distinct per run, so the mean below is a real average
     summary = history.summary()
     row = summary["tiny-flux (random weights)"]
     assert (row["runs"], row["images"], row["failed"], row["success_rate"]) == (3, 3, 0, 1.0)
-    assert row["mean_quality"] > 0
+    assert row["mean_quality"] == pytest.approx(sum(flux_scores) / 3, abs=1e-4)
+    assert row["seconds_per_image"] == pytest.approx(0.5)
     assert history.score("tiny-flux") is None  # random-weight runs never rank real models
 
 
 def test_history_moves_the_smart_choice(registry, tmp_path):
+    # Both models make the same image (same quality): the failed attempts are the only difference.
     history = History(tmp_path / "h.sqlite")
-    for model, quality_seed in (("photo-flux", 1), ("imagen4-ultra", 2)):
+    for model in ("photo-flux", "imagen4-ultra"):
         request = make_request(registry, tmp_path, models=model)
         for _ in range(MIN_RUNS_FOR_RANKING):
-            image = generated(0, model, quality_seed)
+            image = generated(0, model, 1)
             image.weights = "real"
             outcome = outcome_for(request, [image])
             if model == "imagen4-ultra":  # a poor record: every second attempt failed
@@ -134,10 +146,27 @@ def test_history_moves_the_smart_choice(registry, tmp_path):
 
                 image.attempts = [Attempt(model, "r", 1.0, "IMG_008"), Attempt(model, "r", 1.0)]
             history.record(outcome)
+    assert history.score("photo-flux") == pytest.approx(2 * history.score("imagen4-ultra"))
     available = [registry.get("imagen4-ultra"), registry.get("photo-flux")]
     realism = analyze_prompt("a photo of a bridge at night")
     assert select_models(realism, registry, available, 1).models == ("imagen4-ultra",)
     assert select_models(realism, registry, available, 1, history.score).models == ("photo-flux",)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_history_labels_a_model_that_only_failed_by_its_weights(tmp_path):
+    """A random-weight model, from the run's own --config, whose every run failed."""
+    models = scripted_registry(tmp_path, {"broken": {"script": {"fail_calls": list(range(1, 20)), "fail_code": "IMG_008"}}})
+    assert models.get("broken").weights == "random"
+    history = History(tmp_path / "h.sqlite")
+    for seed in range(MIN_RUNS_FOR_RANKING):
+        request = make_request(models, tmp_path, models="broken", seed=seed, folder_name=f"run-{seed}")
+        result = run_generation(request, models, quick_limits(max_attempts=1), history=history)
+        assert not result.outcome.images
+    summary = history.summary()
+    assert set(summary) == {"broken (random weights)"}
+    row = summary["broken (random weights)"]
+    assert (row["weights"], row["runs"], row["images"], row["failed"], row["success_rate"]) == ("random", 3, 0, 3, 0.0)
 
 
 def test_history_command_prints_a_table(registry, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,18 +78,76 @@ def test_missing_hub_weights_name_the_fetch_command(registry):
     assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in check.reason
 
 
+FLUX_INDEX = {"_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+              "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"],
+              "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+              "image_encoder": [None, None]}
+
+
+def hub_snapshot_of(hub: Path, files: dict[str, str]) -> Path:
+    """A Hugging Face cache entry laid out as huggingface_hub writes it: blobs, and symlinks to them."""
+    repo = hub / "models--black-forest-labs--FLUX.1-schnell"
+    snap = repo / "snapshots" / "abc123"
+    for number, (name, text) in enumerate(files.items()):
+        blob = repo / "blobs" / f"blob{number}"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_text(text)
+        (snap / name).parent.mkdir(parents=True, exist_ok=True)
+        (snap / name).symlink_to(blob)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text("abc123")
+    return snap
+
+
+def full_flux_snapshot() -> dict[str, str]:
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": "w", "diffusion_pytorch_model-00002-of-00002.safetensors": "w"}
+    index = {"metadata": {}, "weight_map": {"a.weight": next(iter(shards)), "b.weight": list(shards)[1]}}
+    files = {"model_index.json": json.dumps(FLUX_INDEX), "scheduler/scheduler_config.json": "{}",
+             "tokenizer/tokenizer_config.json": "{}", "text_encoder/config.json": "{}",
+             "text_encoder/model.safetensors": "w", "transformer/config.json": "{}",
+             "transformer/diffusion_pytorch_model.safetensors.index.json": json.dumps(index),
+             "vae/config.json": "{}", "vae/diffusion_pytorch_model.safetensors": "w"}
+    files.update({f"transformer/{name}": text for name, text in shards.items()})
+    return files
+
+
 def test_cached_hub_weights_are_found_without_network(registry, tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
 
-    hub = tmp_path / "hub"
-    snap = hub / "models--black-forest-labs--FLUX.1-schnell" / "snapshots" / "abc123"
-    snap.mkdir(parents=True)
-    (snap / "model_index.json").write_text("{}")
-    (hub / "models--black-forest-labs--FLUX.1-schnell" / "refs").mkdir()
-    (hub / "models--black-forest-labs--FLUX.1-schnell" / "refs" / "main").write_text("abc123")
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
+    snap = hub_snapshot_of(tmp_path / "hub", full_flux_snapshot())
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert availability.hub_snapshot("black-forest-labs/FLUX.1-schnell") == snap
     assert availability.check(registry.get("flux-schnell")).ok
+
+
+@pytest.mark.parametrize("drop, named", [
+    (["transformer/diffusion_pytorch_model-00002-of-00002.safetensors"],
+     "transformer/diffusion_pytorch_model-00002-of-00002.safetensors"),
+    (["vae/diffusion_pytorch_model.safetensors"], "vae/diffusion_pytorch_model.safetensors"),
+    ([f for f in full_flux_snapshot() if f.startswith("text_encoder/")], "text_encoder/"),
+])
+def test_a_partial_hub_download_is_not_weights_present(registry, tmp_path, monkeypatch, drop, named):
+    # `huggingface-cli download ... --include model_index.json`, or one interrupted mid-shard, leaves
+    # model_index.json in the cache while the pipeline cannot load.
+    import huggingface_hub.constants as hf_constants
+
+    files = {name: text for name, text in full_flux_snapshot().items() if name not in drop}
+    hub_snapshot_of(tmp_path / "hub", files)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    check = availability.check(registry.get("flux-schnell"))
+    assert (check.ok, check.code) == (False, "IMG_002")
+    assert named in check.reason
+    assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in check.reason
+
+
+def test_a_broken_blob_link_is_missing(registry, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    snap = hub_snapshot_of(tmp_path / "hub", full_flux_snapshot())
+    (snap / "vae/diffusion_pytorch_model.safetensors").resolve().unlink()  # the blob, not the link
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    check = availability.check(registry.get("flux-schnell"))
+    assert not check.ok and "vae/diffusion_pytorch_model.safetensors" in check.reason
 
 
 def test_local_folder_source(tmp_path):
@@ -99,6 +158,48 @@ def test_local_folder_source(tmp_path):
     assert not availability.check(spec).ok
     (folder / "model_index.json").write_text("{}")
     assert availability.check(spec).ok
+
+
+def test_a_local_pipeline_missing_a_components_weights_is_not_available(tmp_path):
+    import shutil
+
+    from models.tiny import tiny_pipeline_dir
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(tiny_pipeline_dir("tiny-flux", tmp_path / "cache"), folder)  # save_pretrained's layout
+    path = write_config(tmp_path, {"mine": {"backend": "diffusers", "source": str(folder)}})
+    spec = load_registry(path).get("mine")
+    assert availability.check(spec).ok
+    (folder / "text_encoder_2" / "model.safetensors").unlink()
+    check = availability.check(spec)
+    assert (check.ok, check.code) == (False, "IMG_002")
+    assert "text_encoder_2/model.safetensors" in check.reason and "save_pretrained" in check.reason
+
+
+def test_a_variant_is_looked_for_by_its_own_file_names(tmp_path):
+    folder = tmp_path / "my-model"
+    index = {"_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "vae": ["diffusers", "AutoencoderKL"], "transformer": ["diffusers", "FluxTransformer2DModel"]}
+    (folder / "scheduler").mkdir(parents=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text("{}")
+    for name in ("vae", "transformer"):
+        (folder / name).mkdir()
+        (folder / name / "config.json").write_text("{}")
+        (folder / name / "diffusion_pytorch_model.safetensors").write_text("w")
+    (folder / "model_index.json").write_text(json.dumps(index))
+    path = write_config(tmp_path, {"mine": {"backend": "diffusers", "source": str(folder), "variant": "fp16"}})
+    spec = load_registry(path).get("mine")
+    check = availability.check(spec)
+    assert not check.ok and "fp16" in check.reason  # diffusers refuses a variant no component has
+    # The transformer's fp16 weights are sharded; its index names a shard that is not there.
+    shard_index = {"weight_map": {"a": "diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+                                  "b": "diffusion_pytorch_model.fp16-00002-of-00002.safetensors"}}
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors.index.fp16.json").write_text(json.dumps(shard_index))
+    (folder / "transformer" / "diffusion_pytorch_model.fp16-00001-of-00002.safetensors").write_text("w")
+    check = availability.check(spec)
+    assert not check.ok and "transformer/diffusion_pytorch_model.fp16-00002-of-00002.safetensors" in check.reason
+    (folder / "transformer" / "diffusion_pytorch_model.fp16-00002-of-00002.safetensors").write_text("w")
+    assert availability.check(spec).ok  # the vae has no fp16 files: diffusers loads its plain ones
 
 
 def test_imagen_without_credentials_is_img_007(registry):

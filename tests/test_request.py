@@ -126,6 +126,10 @@ def test_unknown_input_name_is_img_011(registry, tmp_path):
 
 
 def test_request_is_immutable(registry, tmp_path):
+    from pydantic import ValidationError
+
     req = parse(registry, tmp_path)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError) as info:
         req.image_count = 5  # type: ignore[misc]
+    assert [(e["type"], e["loc"]) for e in info.value.errors()] == [("frozen_instance", ("image_count",))]
+    assert req.image_count != 5

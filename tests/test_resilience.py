@@ -102,15 +102,41 @@ def test_all_models_failing_exits_1_with_a_report_and_no_primary(tmp_path, monke
     assert outputs["image-completed"] == "false" and outputs["images-completed"] == "0"
 
 
+def mount_tmpfs(mount: Path, size: str) -> None:
+    """A small filesystem to fill. Mounting needs root: elsewhere the test skips, but CI (root)
+    sets KAMUI_REQUIRE_TMPFS so that a failed mount fails the test instead of hiding it."""
+    mount.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+        why = "" if done.returncode == 0 else done.stderr.decode().strip() or f"mount exited {done.returncode}"
+    except OSError as exc:  # no `mount` at all
+        why = str(exc)
+    if why:
+        why = f"cannot mount a tmpfs here: {why}"
+        if os.environ.get("KAMUI_REQUIRE_TMPFS"):
+            pytest.fail(f"KAMUI_REQUIRE_TMPFS is set but {why} (run as root, or with CAP_SYS_ADMIN)")
+        pytest.skip(f"{why}; set KAMUI_REQUIRE_TMPFS to require it")
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    mount_tmpfs(mount, "4m")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("required, outcome", [("1", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_a_tmpfs_that_cannot_be_mounted_fails_where_it_is_required(tmp_path, monkeypatch, required, outcome):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `mount` to run
+    monkeypatch.setenv("KAMUI_REQUIRE_TMPFS", required)
+    with pytest.raises(outcome, match="cannot mount a tmpfs"):
+        mount_tmpfs(tmp_path / "disk", "4m")
+
+
+def test_ci_requires_the_disk_tests_and_chromium():
+    exported = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines() if line.startswith("export ")]
+    assert "export KAMUI_REQUIRE_TMPFS=1" in exported and "export KAMUI_REQUIRE_CHROMIUM=1" in exported
 
 
 def test_a_full_disk_is_img_005_before_any_generation(tmp_path, tiny_disk, registry):
@@ -126,9 +152,7 @@ def test_a_full_disk_is_img_005_before_any_generation(tmp_path, tiny_disk, regis
 @pytest.mark.usefixtures("ray_session")
 def test_a_disk_that_fills_during_the_run_is_img_005_and_leaves_no_temporary_files(tmp_path):
     mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
+    mount_tmpfs(mount, "64m")
     try:
         registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05, "fill_disk": str(mount / "hog")}}})
         request = make_request(registry, tmp_path, models="local", folder_name=str(mount / "out"), image_count=2)

@@ -37,12 +37,14 @@ def test_every_image_is_uploaded_and_the_urls_point_at_it(storage, tmp_path, loc
     assert result.exit_code == 0
     folder = tmp_path / "out"
     urls = json.loads((folder / "image-urls.json").read_text())
-    assert urls == [public_url("kamui-test", f"runs/out/images/generated-image-{i}.png") for i in (1, 2, 3)]
+    assert urls == ["https://storage.googleapis.com/kamui-test/runs/out/images/generated-image-1.png",
+                    "https://storage.googleapis.com/kamui-test/runs/out/images/generated-image-2.png",
+                    "https://storage.googleapis.com/kamui-test/runs/out/images/generated-image-3.png"]
     for i, url in enumerate(urls, start=1):
         blob = storage.blob(f"runs/out/images/generated-image-{i}.png")
         assert blob.download_as_bytes() == (folder / f"images/generated-image-{i}.png").read_bytes()
     primary_url = (folder / "google-image-url.txt").read_text().strip()
-    assert primary_url == public_url("kamui-test", "runs/out/images/generated-image.png")
+    assert primary_url == "https://storage.googleapis.com/kamui-test/runs/out/images/generated-image.png"
     assert storage.blob("runs/out/images/generated-image.png").download_as_bytes() == \
         (folder / "images/generated-image.png").read_bytes()
     report = read_json(folder / "metadata/generation-report.json")
@@ -50,6 +52,11 @@ def test_every_image_is_uploaded_and_the_urls_point_at_it(storage, tmp_path, loc
     assert result.outputs["google-image-url"] == primary_url
     assert json.loads(result.outputs["image-urls"]) == urls
     assert report["upload"]["uploaded"] == 4 and report["upload"]["failed"] == []
+
+
+def test_public_urls_quote_the_object_name():
+    assert public_url("kamui-test", "runs/my run/images/a#1.png") == \
+        "https://storage.googleapis.com/kamui-test/runs/my%20run/images/a%231.png"
 
 
 def test_failed_uploads_are_retried_then_reported_never_dropped(storage, tmp_path, local_registry):

@@ -4,6 +4,7 @@
 # The argv is a bash array and every value goes as one `--flag=value` word: the prompt is never
 # evaluated by a shell, and a value starting with '-' cannot be taken for a flag. The CLI appends
 # the nine step outputs to $GITHUB_OUTPUT itself; this script adds `comparison-report`.
+# INPUT_CONFIG is the branch step's copy of the file when there is one (read before its checkout).
 set -euo pipefail
 
 args=(generate
@@ -46,5 +47,11 @@ if [[ -n "${GITHUB_OUTPUT:-}" && -f "$GITHUB_OUTPUT" ]]; then
       printf 'comparison-report=%s\n' "$comparison" >> "$GITHUB_OUTPUT"
     fi
   fi
+fi
+
+# Exit 2: the input was invalid and nothing was written. The branch step had already switched the
+# workspace to branch-name; go back, so later steps of the job find it where the workflow left it.
+if [[ $status -eq 2 && -n "${START_REF:-}" ]]; then
+  git checkout --quiet "$START_REF" -- || echo "error: could not return to the starting branch or commit" >&2
 fi
 exit "$status"

@@ -1,4 +1,5 @@
-"""The scorer never waits on Ray without a bound, and never takes a card before the models."""
+"""The scoring stage: the scorer never waits on Ray without a bound, never takes a card before the
+models, and its failures never cost a run its images."""
 
 from __future__ import annotations
 
@@ -63,3 +64,36 @@ def test_a_run_places_its_models_before_its_scorer(tmp_path):
     assert max(i for i, k in enumerate(kinds) if k == "model_loading") < kinds.index("scorer_loaded")
     report = read_json(tmp_path / "out/metadata/generation-report.json")
     assert report["quality"]["scorer"]["name"] == "tiny-clip"
+
+
+class BrokenScorer:
+    """A scorer whose actor call fails the way Ray reports it: not an ImageGenError."""
+
+    def start(self) -> None:
+        pass
+
+    def score(self, images):
+        if images:
+            raise RuntimeError("\x1b[31mRayTaskError(OutOfMemoryError)\x1b[0m: CUDA out of memory")
+        return []
+
+    def describe(self) -> dict:
+        return {"name": "broken"}
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_scorer_that_raises_leaves_weight_free_scores_and_the_images(tmp_path):
+    from cluster.run import run_generation
+
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})
+    request = make_request(registry, tmp_path, models="local", image_count=2)
+    result = run_generation(request, registry, quick_limits(), scorer=BrokenScorer())
+    assert result.exit_code == 0 and len(result.outcome.images) == 2
+    report = read_json(tmp_path / "out/metadata/generation-report.json")
+    assert [i["filename"] for i in report["images"]] == ["generated-image-1.png", "generated-image-2.png"]
+    note = report["quality"]["scorer"]["note"]
+    assert report["quality"]["scorer"]["name"] == "weight-free"
+    assert "the scorer failed: RuntimeError" in note and "CUDA out of memory" in note and "\x1b" not in note
+    assert all(i["quality_score"] > 0 for i in report["images"])

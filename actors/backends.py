@@ -12,11 +12,11 @@ from models.registry import ModelSpec
 
 
 def make_backend(spec: ModelSpec, cache_root: Path, replica: str, credentials=None,
-                 gpu_reserve_gb: float | None = None):
+                 gpu_reserve_gb: float | None = None, memory_plan=None):
     if spec.backend == "diffusers":
         from actors.diffusers_generator import DiffusersGenerator
 
-        return DiffusersGenerator(spec, cache_root, replica, gpu_reserve_gb)
+        return DiffusersGenerator(spec, cache_root, replica, gpu_reserve_gb, memory_plan)
     if spec.backend == "imagen":
         from actors.google_generator import GoogleImageGenerator
 

@@ -9,14 +9,19 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
+from actors.memory_apply import load_planned
 from cluster.errors import ImageGenError
+from cluster.memory.planner import MemoryPlan
 from cluster.png import encode_png
 from cluster.work import GeneratedImage, ImageTask
 from models.registry import ModelSpec
 
 GIB = 1024**3
+# Distinct prompts whose embeddings a replica keeps (a few MB each for FLUX's T5 at 512 tokens).
+EMBEDDING_CACHE = 64
 
 
 class GenerationCancelled(ImageGenError):
@@ -34,9 +39,11 @@ def card_placement(free_bytes: list[int]) -> dict:
 
 
 class DiffusersGenerator:
-    def __init__(self, spec: ModelSpec, cache_root: Path, replica: str = "", gpu_reserve_gb: float | None = None):
-        """`gpu_reserve_gb`: the GPU memory this replica's placement reserved (weights and the
-        activations of its batch); checked against what the assigned cards really have free."""
+    def __init__(self, spec: ModelSpec, cache_root: Path, replica: str = "", gpu_reserve_gb: float | None = None,
+                 memory_plan: MemoryPlan | None = None):
+        """`gpu_reserve_gb`: the GPU memory this replica's placement reserved (its memory plan's
+        footprint); checked against what the assigned cards really have free. `memory_plan`: how
+        to hold the model (default: resident)."""
         import torch
         import diffusers
         from diffusers.utils import logging as diffusers_logging
@@ -52,6 +59,9 @@ class DiffusersGenerator:
         self._torch = torch
         self._lock = threading.Lock()
         self._cancelled: dict[str, str] = {}
+        self._embeddings: OrderedDict[tuple, tuple] = OrderedDict()
+        self.text_encodes = 0  # prompts through the text encoders (the embedding cache's tests read it)
+        self.memory_plan = memory_plan or MemoryPlan("resident")
         started = time.perf_counter()
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,6 +76,8 @@ class DiffusersGenerator:
                 torch.cuda.reset_peak_memory_stats(i)
             if placement:
                 self.device = f"cuda:0-{len(free) - 1} (balanced)"
+                self.memory_plan = MemoryPlan("device-map", gpu_gb=gpu_reserve_gb or 0.0, batch=self.memory_plan.batch,
+                                              reason=f"components spread over {len(free)} cards")
 
         pipeline_cls = getattr(diffusers, spec.pipeline, None)
         if pipeline_cls is None:
@@ -75,15 +87,19 @@ class DiffusersGenerator:
         if spec.variant:
             kwargs["variant"] = spec.variant
         try:
-            self.pipe = pipeline_cls.from_pretrained(location, local_files_only=True, **kwargs)
+            if placement:  # a device-mapped pipeline lands on its cards as it loads
+                self.pipe = pipeline_cls.from_pretrained(location, local_files_only=True, **kwargs)
+            else:
+                self.pipe = load_planned(pipeline_cls, Path(location), kwargs, self.memory_plan, self.device, torch)
         except (OSError, ValueError) as exc:
             raise ImageGenError(
                 "IMG_002", f"model {spec.id!r}: loading {location} failed: {' '.join(str(exc).split())[:400]}"
             ) from None
-        if not placement:  # a device-mapped pipeline is already on its cards
-            self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
-        self._supports_callback = "callback_on_step_end" in inspect.signature(self.pipe.__call__).parameters
+        parameters = inspect.signature(self.pipe.__call__).parameters
+        self._supports_callback = "callback_on_step_end" in parameters
+        # pipelines taking pooled embeddings (FLUX) get each prompt encoded once per replica
+        self._reuses_embeddings = "pooled_prompt_embeds" in parameters and hasattr(self.pipe, "encode_prompt")
         self.load_seconds = time.perf_counter() - started
 
     def _check_free_memory(self, free: list[int], need_gb: float) -> None:
@@ -137,7 +153,6 @@ class DiffusersGenerator:
             raise ValueError("a batch must share size, steps and guidance")
         kwargs = dict(self.spec.call_args)
         kwargs.update(
-            prompt=[t.prompt for t in tasks],
             height=first.height,
             width=first.width,
             generator=[torch.Generator("cpu").manual_seed(t.seed) for t in tasks],
@@ -150,6 +165,7 @@ class DiffusersGenerator:
         budget = options.budget_s if options is not None else None
         with self._lock:
             started = time.perf_counter()
+            kwargs.update(self._prompt_kwargs([t.prompt for t in tasks], kwargs.get("max_sequence_length")))
             if self._supports_callback:
                 kwargs["callback_on_step_end"] = self._step_callback(call_id, started, budget)
             with torch.inference_mode():
@@ -157,6 +173,30 @@ class DiffusersGenerator:
             elapsed = time.perf_counter() - started
         self._cancelled.pop(call_id, None)
         return [self._to_result(task, array, elapsed / len(tasks)) for task, array in zip(tasks, output.images)]
+
+    def _prompt_kwargs(self, prompts: list[str], max_sequence_length: int | None) -> dict:
+        """The call's prompt arguments: the prompts themselves, or their cached embeddings. An
+        offload plan then moves the text encoders onto the card once per new prompt, not per call."""
+        if not self._reuses_embeddings:
+            return {"prompt": prompts}
+        torch = self._torch
+        embeds, pooled = [], []
+        for prompt in prompts:
+            key = (prompt, max_sequence_length)
+            if key in self._embeddings:
+                self._embeddings.move_to_end(key)
+            else:
+                extra = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+                with torch.inference_mode():
+                    prompt_embeds, pooled_embeds, _ = self.pipe.encode_prompt(
+                        prompt=prompt, prompt_2=None, num_images_per_prompt=1, **extra)
+                self.text_encodes += 1
+                self._embeddings[key] = (prompt_embeds, pooled_embeds)
+                while len(self._embeddings) > EMBEDDING_CACHE:
+                    self._embeddings.popitem(last=False)
+            embeds.append(self._embeddings[key][0])
+            pooled.append(self._embeddings[key][1])
+        return {"prompt_embeds": torch.cat(embeds), "pooled_prompt_embeds": torch.cat(pooled)}
 
     def _step_callback(self, call_id: str, started: float, budget: float | None):
         def on_step_end(pipe, step, timestep, callback_kwargs):

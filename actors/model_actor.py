@@ -61,9 +61,11 @@ class ModelWorker:
     themselves instead of as an opaque "actor died in its creation task"."""
 
     def __init__(self, spec: ModelSpec, replica: str, cache_root: str, credentials=None,
-                 keep_alive_s: float | None = None, rate_window_s: float = 60.0, gpu_reserve_gb: float | None = None):
+                 keep_alive_s: float | None = None, rate_window_s: float = 60.0, gpu_reserve_gb: float | None = None,
+                 memory_plan=None):
         self.spec = spec
         self.gpu_reserve_gb = gpu_reserve_gb
+        self.memory_plan = memory_plan  # cluster.memory.planner.MemoryPlan, chosen by the driver
         # Passed by the driver so a remote model works on nodes that do not have the key in their
         # environment; GoogleCredentials keeps the key out of its repr.
         self.credentials = credentials
@@ -85,7 +87,7 @@ class ModelWorker:
             if self.backend is not None:
                 return replace(self.info(), load_seconds=0.0, warm=True)
             self.backend = make_backend(self.spec, self.cache_root, self.replica, self.credentials,
-                                        self.gpu_reserve_gb)
+                                        self.gpu_reserve_gb, self.memory_plan)
             context = ray.get_runtime_context()
             device = str(getattr(self.backend, "device", "remote"))
             gpu_ids = [str(g) for g in ray.get_gpu_ids()]
@@ -101,9 +103,15 @@ class ModelWorker:
                 restarts=1 if context.was_current_actor_reconstructed else 0,
                 pid=os.getpid(),
                 note=_cpu_note(device, gpu_ids),
+                memory_plan=self._plan_record(),
             )
             self.last_used = time.time()
         return self.info()
+
+    def _plan_record(self) -> dict | None:
+        """The plan as carried out (a backend may hold the model otherwise, e.g. over several cards)."""
+        applied = getattr(self.backend, "memory_plan", None) or self.memory_plan
+        return applied.as_dict() if applied is not None else None
 
     @ray.method(concurrency_group=CONTROL)
     def info(self) -> ReplicaInfo:
@@ -114,6 +122,8 @@ class ModelWorker:
     @ray.method(concurrency_group=CONTROL)
     def stats(self) -> dict:
         return {"model": self.spec.id, "replica": self.replica, "loaded": self.backend is not None,
+                "memory_plan": self._plan_record(),
+                "peak_gpu_memory_bytes": getattr(self.backend, "peak_gpu_memory_bytes", None),
                 "in_flight": self.in_flight, "calls": self.calls, "idle_seconds": round(time.time() - self.last_used, 1),
                 "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 

@@ -37,6 +37,8 @@ REQUEST_FLAGS = (
     ("--upload-uri", "gs://bucket/prefix: upload images to Google Cloud Storage (default: configs/output.yaml)."),
     ("--signed-urls", "true or false: V4 signed URLs instead of public ones (default: configs/output.yaml)."),
     ("--scorer", "CLIP scorer from configs/scoring.yaml (vit-l-14, tiny-clip) or none (default: vit-l-14)."),
+    ("--memory-plan", "How local models are held: auto (the first plan that fits the card; default), resident, "
+                      "fp8-storage, model-offload, group-offload or sequential-offload."),
 )
 LIMIT_FLAGS = (
     ("--timeout-per-image", "timeout_per_image", "Seconds a generation call may run (default 300)."),
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Run history (SQLite); default $KAMUI_HISTORY_DB or ~/.cache/kamui-multi-image/history.sqlite.")
     gen.add_argument("--json", action="store_true", help="Print events and the summary as JSON lines on stdout.")
     gen.add_argument("--debug", action="store_true", help="Show Ray's logs and tracebacks.")
+    gen.add_argument("--dry-run", action="store_true",
+                     help="Validate and plan only: per model, the memory plan, bundle and nodes it would use, and "
+                          "whether its weights are here. Generates and writes nothing.")
+    gen.add_argument("--card-memory", default=None, metavar="GB",
+                     help="With --dry-run: plan for one card of this many GB instead of the cluster's.")
+    gen.add_argument("--host-memory", default=None, metavar="GB",
+                     help="With --dry-run and --card-memory: that machine's free RAM (default: this machine's).")
     gen.set_defaults(handler=_generate)
 
     batch = sub.add_parser("batch", help="Run a manifest of requests on shared warm replicas (resumable).",
@@ -231,6 +240,11 @@ def _cluster_status(args: argparse.Namespace) -> int:
             continue
         detail = row.get("state") or (f"running {row['running']}, queued {row['queued']}, {row['calls']} calls, "
                                       f"idle {row['idle_seconds']:.0f}s")
+        plan = row.get("memory_plan")
+        if plan:
+            peak = row.get("peak_gpu_memory_bytes")
+            measured = f", peak {peak / 2**30:.1f} GB" if peak else ""
+            detail += f"; memory plan {plan['label']} ({plan['footprint_gb']:g} GB planned{measured}): {plan['reason']}"
         print(f"model {row['model']} ({row['name']}): {detail}")
     for group in state["placement_groups"]:
         if group["held_by"] is None:
@@ -292,6 +306,8 @@ def _generate(args: argparse.Namespace) -> int:
         raw["max_parallel"] = str(limits.perf.max_concurrent_generations)
     raw["debug"] = "true" if args.debug else None
     request = parse_request(raw, registry)
+    if args.dry_run or args.card_memory or args.host_memory:
+        return _dry_run(args, request, registry, limits)
 
     with StopOnSignal() as stop, machine_stdout(args.json) as out:
         result = run_generation(request, registry, limits, events=Events(*choose_sinks(args.json, out=out)),
@@ -308,6 +324,40 @@ def _generate(args: argparse.Namespace) -> int:
     if stop.signal == signal.SIGTERM:
         return 143
     return result.exit_code
+
+
+def _dry_run(args: argparse.Namespace, request, registry, limits) -> int:
+    from cluster.dry_run import Hypothetical, dry_run, hypothetical_nodes, parse_memory, render, this_machine
+    from cluster.planner import make_plan
+    from cluster.placement import cluster_nodes
+    from cluster.ray_runtime import RayRuntime, find_running_cluster
+
+    if not args.dry_run:
+        raise ImageGenError("IMG_011", "--card-memory and --host-memory only go with --dry-run.")
+    card = parse_memory(args.card_memory, "--card-memory")
+    host = parse_memory(args.host_memory, "--host-memory")
+    if host is not None and card is None:
+        raise ImageGenError("IMG_011", "--host-memory describes the machine of --card-memory; give both.")
+    plan = make_plan(request, registry, require_available=False)
+    counts: dict[str, int] = {}
+    for task in plan.tasks:
+        counts[task.model] = counts.get(task.model, 0) + 1
+    if card is not None:
+        nodes, where = hypothetical_nodes(Hypothetical(card, host), this_machine()), "a hypothetical machine"
+    elif request.address or find_running_cluster()[0] is not None:
+        with RayRuntime(request.address, request.debug) as runtime:
+            nodes, where = cluster_nodes(), f"the Ray cluster at {runtime.describe()['address']}"
+    else:  # no cluster: this machine, as an embedded run would see it, without starting Ray
+        nodes, where = this_machine(), "this machine"
+    result = dry_run(request, counts, registry, limits, nodes, where)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        from cluster.progress import one_line
+
+        for line in render(result).splitlines():
+            print(one_line(line))
+    return 0 if result["ok"] else 1
 
 
 @contextlib.contextmanager

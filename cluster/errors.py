@@ -40,6 +40,7 @@ ERROR_CODES: dict[str, tuple[str, int]] = {
     "IMG_025": ("Invalid limit override", 2),
     "IMG_026": ("Invalid upload URI", 2),
     "IMG_027": ("Unknown scorer", 2),
+    "IMG_028": ("Invalid memory plan", 2),
 }
 
 

@@ -33,6 +33,12 @@ class NodeCapacity:
     gpus: float
     gpu_memory_gb: float
     memory_bytes: float
+    object_store_bytes: float = 0.0
+
+    @property
+    def host_gb(self) -> float:
+        """Host RAM Ray found free when the node started (its task memory plus its object store)."""
+        return (self.memory_bytes + self.object_store_bytes) / 2**30
 
     @property
     def card_gb(self) -> float | None:
@@ -68,6 +74,7 @@ def cluster_nodes() -> list[NodeCapacity]:
             gpus=float(res.get("GPU", 0)),
             gpu_memory_gb=float(res.get(GPU_MEMORY_RESOURCE, 0)),
             memory_bytes=float(res.get("memory", 0)),
+            object_store_bytes=float(res.get("object_store_memory", 0)),
         ))
     return nodes
 
@@ -114,8 +121,10 @@ def gpu_share(declared_gpus: float, memory_gb: float, card_gb: float | None) -> 
     return max(share, 1e-4)
 
 
-def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int = 0, batch: int = 1) -> dict[str, float]:
-    """The resources one replica of `spec` holds at `batch` images per call. Remote-API models
+def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int = 0, batch: int = 1,
+                   gpu_gb: float | None = None) -> dict[str, float]:
+    """The resources one replica of `spec` holds at `batch` images per call; `gpu_gb`: its memory
+    plan's footprint (default: the spec's declared weights and activations). Remote-API models
     need no accelerator."""
     bundle: dict[str, float] = {"CPU": spec.cpus}
     if memory_bytes:
@@ -123,7 +132,10 @@ def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int
     if not spec.is_local or not uses_gpus(nodes) or spec.gpus <= 0:
         return bundle
     card = smallest_card_gb(nodes)
-    need = reserve_gb(spec, batch) if spec.gpu_memory_gb > 0 else 0.0
+    if gpu_gb is not None:
+        need = gpu_gb
+    else:
+        need = reserve_gb(spec, batch) if spec.gpu_memory_gb > 0 else 0.0
     bundle["GPU"] = gpu_share(spec.gpus, need, card)
     if card is not None and need > 0:
         bundle[GPU_MEMORY_RESOURCE] = round(need, 4)

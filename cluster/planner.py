@@ -35,12 +35,16 @@ class Plan:
 
 
 def resolve_models(
-    request: GenerationRequest, registry: Registry, analysis: PromptAnalysis, history: HistoryScore | None = None
+    request: GenerationRequest, registry: Registry, analysis: PromptAnalysis, history: HistoryScore | None = None,
+    require_available: bool = True,
 ) -> tuple[list[str], str]:
-    """The models to run, after checking they can run here (IMG_002/IMG_007 when not)."""
+    """The models to run, after checking they can run here (IMG_002/IMG_007 when not; a dry run,
+    `require_available=False`, reports what is missing instead)."""
     if request.models:
         for model_id in request.models:
-            availability.check(registry.get(model_id)).raise_if_missing()
+            check = availability.check(registry.get(model_id))
+            if require_available:
+                check.raise_if_missing()
         return list(request.models), "models named by --models"
     candidates = [spec for spec in registry if spec.auto_select]
     checks = [availability.check(spec) for spec in candidates]
@@ -62,10 +66,11 @@ def resolve_models(
 
 
 def make_plan(
-    request: GenerationRequest, registry: Registry, history: HistoryScore | None = None, base_seed: int | None = None
+    request: GenerationRequest, registry: Registry, history: HistoryScore | None = None, base_seed: int | None = None,
+    require_available: bool = True,
 ) -> Plan:
     analysis = analyze_prompt(request.image_prompt)
-    models, reason = resolve_models(request, registry, analysis, history)
+    models, reason = resolve_models(request, registry, analysis, history, require_available)
     specs = {m: registry.get(m) for m in models}
     if base_seed is None:
         base_seed = request.seed if request.seed is not None else secrets.randbelow(2**31)

@@ -17,6 +17,8 @@ from cluster import env
 from cluster.errors import ImageGenError, as_image_error, describe_exception
 from cluster.events import Events
 from cluster.limits import Limits
+from cluster.memory.planner import MemoryPlan
+from cluster.memory.replica_plan import plan_replica
 from cluster.placement import (
     GPU_MEMORY_RESOURCE,
     fmt_bundle,
@@ -25,7 +27,6 @@ from cluster.placement import (
     check_placeable,
     cluster_nodes,
     describe,
-    replica_batch,
     replica_bundle,
     replica_count,
 )
@@ -83,9 +84,12 @@ class ModelGroup:
 
 class ReplicaPool:
     def __init__(self, limits: Limits, max_parallel: int, events: Events | None = None, run_id: str | None = None,
-                 resident: bool = False, keep_alive_s: float | None = None):
-        """`resident`: use (and leave behind) the cluster's warm replicas instead of run-owned ones."""
+                 resident: bool = False, keep_alive_s: float | None = None, memory_plan: str | None = None):
+        """`resident`: use (and leave behind) the cluster's warm replicas instead of run-owned ones.
+        `memory_plan`: a plan every local model of the run must use (--memory-plan)."""
         self.limits = limits
+        self.memory_plan = memory_plan
+        self._plans: dict[str, MemoryPlan] = {}
         self.max_parallel = max_parallel
         self.resident = resident
         self.keep_alive_s = keep_alive_s
@@ -94,11 +98,14 @@ class ReplicaPool:
         self.groups: dict[str, ModelGroup] = {}
         self._nodes: list[NodeCapacity] | None = None
         self._expected: list[ModelSpec] = []
+        self._images: dict[str, int] = {}
 
-    def expect(self, specs: list[ModelSpec]) -> None:
-        """The models this run will place. Until each holds its group, one replica's room is kept
-        for it: the first model's extra replicas must not take every card the others need."""
+    def expect(self, specs: list[ModelSpec], images: dict[str, int] | None = None) -> None:
+        """The models this run will place (and the images each makes). Until each holds its group,
+        one replica's room is kept for it: the first model's extra replicas must not take every
+        card the others need."""
         self._expected = list(specs)
+        self._images = dict(images or {})
 
     def _free_for(self, spec: ModelSpec) -> dict[str, float]:
         import ray
@@ -107,7 +114,11 @@ class ReplicaPool:
         for other in self._expected:
             if other.id == spec.id or other.id in self.groups or not other.is_local:
                 continue
-            held = replica_bundle(other, self.nodes, batch=self.batch_size(other))
+            try:
+                plan = self.plan(other)
+            except ImageGenError:
+                continue  # it will fail on its own; it holds nothing
+            held = replica_bundle(other, self.nodes, batch=plan.batch, gpu_gb=plan.gpu_gb or None)
             for key in ("GPU", GPU_MEMORY_RESOURCE):
                 if key in held:
                     free[key] = max(0.0, free.get(key, 0.0) - held[key])
@@ -119,42 +130,61 @@ class ReplicaPool:
             self._nodes = cluster_nodes()
         return self._nodes
 
-    def batch_size(self, spec: ModelSpec) -> int:
-        """Images per call: the spec's cap, lowered to what a card has spare now beside the weights
-        and so that one replica never reserves more than half of a node's host memory
-        (memory_limit_per_image)."""
-        if not spec.is_local:
-            return spec.max_batch_size
-        batch = replica_batch(spec, self.nodes, available_by_node())
+    def batch_cap(self, spec: ModelSpec) -> int:
+        """The spec's cap, lowered so that one replica never reserves more than half of a node's
+        host memory (memory_limit_per_image)."""
+        batch = spec.max_batch_size
         per_image = self.limits.perf.memory_limit_per_image
         biggest = max((n.memory_bytes for n in self.nodes), default=0)
         if per_image > 0 and biggest > 0:
             batch = max(1, min(batch, int(biggest / 2 // per_image)))
         return batch
 
-    def ensure(self, spec: ModelSpec, images: int) -> ModelGroup:
+    def plan(self, spec: ModelSpec, width: int | None = None, height: int | None = None) -> MemoryPlan:
+        """How each replica of `spec` holds it (planned once per run), or IMG_010 when no plan fits."""
+        if spec.id not in self._plans:
+            cap = self.batch_cap(spec)
+            if not self.resident and spec.id in self._images:  # warm replicas serve later, larger runs too
+                cap = max(1, min(cap, self._images[spec.id]))
+            self._plans[spec.id] = plan_replica(spec, self.nodes, available_by_node(), width or spec.width,
+                                                height or spec.height, cap, self.memory_plan)
+        return self._plans[spec.id]
+
+    def batch_size(self, spec: ModelSpec) -> int:
+        """Images per call: what the model's memory plan runs within the room a card has now."""
+        if not spec.is_local:
+            return spec.max_batch_size
+        return self.plan(spec).batch
+
+    def ensure(self, spec: ModelSpec, images: int, width: int | None = None, height: int | None = None) -> ModelGroup:
         """The model's replicas, created (and loading) on first use."""
         if spec.id in self.groups:
             return self.groups[spec.id]
-        batch = self.batch_size(spec)
-        memory = self.limits.perf.memory_limit_per_image * batch if spec.is_local else 0
-        bundle = replica_bundle(spec, self.nodes, memory, batch)
         try:
+            plan = self.plan(spec, width, height)
+            batch = plan.batch if spec.is_local else spec.max_batch_size
+            memory = self.limits.perf.memory_limit_per_image * batch if spec.is_local else 0
+            bundle = replica_bundle(spec, self.nodes, memory, batch, gpu_gb=plan.gpu_gb or None)
             check_placeable(spec, bundle, self.nodes)
         except ImageGenError as exc:
+            batch = spec.max_batch_size
             group = ModelGroup(spec, [], batch, error=exc)
             self.groups[spec.id] = group
             self.events.emit("model_unplaceable", model=spec.id, code=exc.code, message=exc.message)
             return group
         count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes, self._free_for(spec))
+        if spec.is_local:
+            self.events.emit("memory_plan", model=spec.id, plan=plan.label, footprint_gb=plan.gpu_gb,
+                             batch=batch, reason=plan.reason)
         if self.resident:
-            group = self._resident_group(spec, bundle, max(1, count), batch)
+            group = self._resident_group(spec, bundle, max(1, count), batch, plan)
         else:
-            group = self._place(spec, bundle, count, batch)
+            group = self._place(spec, bundle, count, batch, plan)
         self.groups[spec.id] = group
         return group
 
-    def _place(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int) -> ModelGroup:
+    def _place(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int, plan: MemoryPlan
+               ) -> ModelGroup:
         from ray.util.placement_group import placement_group, remove_placement_group
 
         timeout = self.limits.scheduler.placement_timeout
@@ -174,7 +204,7 @@ class ReplicaPool:
                 self.events.emit("model_unplaceable", model=spec.id, code=error.code, message=error.message)
                 return ModelGroup(spec, [], batch, error=error)
             count = max(1, count // 2)  # resources are busy: fewer replicas beat none
-        replicas = [self._start_replica(spec, bundle, pg, i) for i in range(count)]
+        replicas = [self._start_replica(spec, bundle, pg, i, plan) for i in range(count)]
         self.events.emit("model_loading", model=spec.id, replicas=count, batch_size=batch)
         return ModelGroup(spec, replicas, batch, placement_group=pg)
 
@@ -196,7 +226,7 @@ class ReplicaPool:
             options["memory"] = bundle["memory"]
         return options, concurrency
 
-    def _start_replica(self, spec: ModelSpec, bundle: dict[str, float], pg, index: int) -> Replica:
+    def _start_replica(self, spec: ModelSpec, bundle: dict[str, float], pg, index: int, plan: MemoryPlan) -> Replica:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from actors.model_actor import ModelActor
@@ -207,10 +237,11 @@ class ReplicaPool:
         name = f"{spec.id}-{index}"
         actor = ModelActor.options(**options).remote(spec, name, str(env.cache_dir()), _credentials(spec), None,
                                                      self.limits.scheduler.rate_window_seconds,
-                                                     bundle.get(GPU_MEMORY_RESOURCE))
+                                                     bundle.get(GPU_MEMORY_RESOURCE), plan)
         return Replica(name=name, model=spec.id, actor=actor, concurrency=concurrency, load_ref=self._load(actor))
 
-    def _resident_group(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int) -> ModelGroup:
+    def _resident_group(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int,
+                        plan: MemoryPlan) -> ModelGroup:
         """The model's warm replicas, from the cluster's ResidentRegistry (made there if none is alive)."""
         import ray
 
@@ -221,7 +252,7 @@ class ReplicaPool:
         try:
             answer = ray.get(registry_actor().ensure_model.remote(
                 spec, count, bundle, options, str(env.cache_dir()), _credentials(spec), self.keep_alive_s,
-                self.limits.scheduler.rate_window_seconds, timeout, batch), timeout=timeout * (count + 1) + 30)
+                self.limits.scheduler.rate_window_seconds, timeout, batch, plan), timeout=timeout * (count + 1) + 30)
             actors = {name: actor_handle(name) for name in answer["names"]}
         except Exception as exc:  # noqa: BLE001 - the registry unreachable or failing: this model cannot run
             error = ImageGenError("IMG_010", f"model {spec.id!r}: the warm cluster could not provide a replica: "

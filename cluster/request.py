@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +54,7 @@ class GenerationRequest(BaseModel):
     upload_uri: str | None = Field(None, description="gs://bucket/prefix to upload images to; None: configs/output.yaml.")
     signed_urls: bool | None = Field(None, description="Signed instead of public URLs; None: configs/output.yaml.")
     scorer: str | None = Field(None, description="CLIP scorer id from configs/scoring.yaml, or none; None: its default.")
+    memory_plan: str | None = Field(None, description="A memory plan for every local model; None: each model's own.")
     debug: bool = False
 
     @property
@@ -96,6 +97,7 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         "config": registry.path,
         "upload_uri": parse_upload_uri(get("upload_uri")),
         "scorer": parse_scorer(get("scorer")),
+        "memory_plan": parse_memory_plan(get("memory_plan")),
         "signed_urls": None if not (get("signed_urls") or "").strip()
         else parse_bool_flag(get("signed_urls"), flag="--signed-urls", code="IMG_026"),
         "debug": parse_bool_flag(get("debug"), flag="--debug", code="IMG_011"),
@@ -162,6 +164,18 @@ def parse_scorer(value: str | None) -> str | None:
     name = value.strip()
     if name != NO_SCORER:
         load_scoring().get(name)  # IMG_027 for an unknown id
+    return name
+
+
+def parse_memory_plan(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    from models.registry import MemoryPlanName
+
+    name = value.strip()
+    known = get_args(MemoryPlanName)
+    if name not in known:
+        raise ImageGenError("IMG_028", f"--memory-plan {name!r} is not a memory plan; use one of {', '.join(known)}.")
     return name
 
 

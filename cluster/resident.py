@@ -116,7 +116,7 @@ class ResidentRegistry:
 
     def ensure_model(self, spec: ModelSpec, count: int, bundle: dict[str, float], options: dict[str, Any],
                      cache_root: str, credentials, keep_alive_s: float | None, rate_window_s: float,
-                     placement_timeout: float, batch: int = 1) -> dict:
+                     placement_timeout: float, batch: int = 1, plan=None) -> dict:
         """The model's live resident replicas as they are; when none is alive, new ones: as many as
         the cluster was brought up with for this model, else `count`. (A warm cluster's size is what
         `cluster up --replicas` made it: runs share it rather than grow it.)
@@ -152,9 +152,10 @@ class ResidentRegistry:
                                                                      placement_group_bundle_index=0),
                 **options,
             ).remote(spec, f"{spec.id}-{index}", cache_root, credentials, keep_alive_s, rate_window_s,
-                     bundle.get("gpu_memory_gb"))
+                     bundle.get("gpu_memory_gb"), plan)
             self.meta[name] = {"kind": "model", "model": spec.id, "key": spec_key(spec), "created": time.time(),
                                "keep_alive_s": keep_alive_s, "bundle": bundle, "batch": batch,
+                               "memory_plan": plan.as_dict() if plan is not None else None,
                                "placement_group": group}
             names.append(name)
             created.append(name)

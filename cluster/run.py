@@ -117,7 +117,7 @@ def run_generation(
             if resident is None:  # a cluster that outlives the run keeps its models warm for the next
                 resident = request.address not in (None, "local") or runtime.joined is not None
             pool = ReplicaPool(limits, request.max_parallel, events, resident=resident,
-                               keep_alive_s=limits.scheduler.keep_alive_seconds)
+                               keep_alive_s=limits.scheduler.keep_alive_seconds, memory_plan=request.memory_plan)
             # the scorer loads while the models load and generate, started once they hold their groups
             run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events, resident,
                                                limits=limits, start=False)

@@ -120,7 +120,7 @@ class Scheduler:
     def run(self, source: StaticSource | SequentialSource, started: float | None = None) -> ScheduleResult:
         """Run every task `source` gives; `started` is when the run began (the total limit counts from there)."""
         self._source = source
-        self.pool.expect([self.specs[m] for m in self.planned if m in self.specs])
+        self.pool.expect([self.specs[m] for m in self.planned if m in self.specs], self.planned)
         started = self.clock() if started is None else started
         total = self.limits.perf.total_workflow_timeout
         run_deadline = started + total
@@ -182,7 +182,7 @@ class Scheduler:
         if model not in self.queues:
             self.queues[model] = []
             self.gates[model] = ModelGate(self.specs[model].rate_limit, self.limits.scheduler.rate_window_seconds)
-            self.pool.ensure(self.specs[model], self.planned.get(model, 1))
+            self.pool.ensure(self.specs[model], self.planned.get(model, 1), state.task.width, state.task.height)
         self.queues[model].append(state)
 
     def _queued(self) -> int:

@@ -150,7 +150,9 @@ def status() -> dict:
                 stats = ray.get(actor_handle(entry["name"]).stats.remote(), timeout=10)
                 row.update(loaded=stats["loaded"], running=min(1, stats["in_flight"]),
                            queued=max(0, stats["in_flight"] - 1), calls=stats["calls"],
-                           idle_seconds=stats["idle_seconds"], node_id=stats["node_id"])
+                           idle_seconds=stats["idle_seconds"], node_id=stats["node_id"],
+                           memory_plan=stats.get("memory_plan") or entry.get("memory_plan"),
+                           peak_gpu_memory_bytes=stats.get("peak_gpu_memory_bytes"))
             except Exception as exc:  # noqa: BLE001 - a replica restarting or retiring right now
                 row["state"] = type(exc).__name__
         resident.append(row)
@@ -166,11 +168,19 @@ def status() -> dict:
 def bring_down(stop_ray: bool = False) -> list[str]:
     import ray
 
-    from cluster.resident import RELEASE_TIMEOUT, registry_actor
+    from cluster.resident import REGISTRY_NAME, RELEASE_TIMEOUT, registry_actor
 
     registry = registry_actor()
     released = ray.get(registry.release.remote(), timeout=RELEASE_TIMEOUT)
     ray.kill(registry, no_restart=True)
+    # the kill is asynchronous: until the name is free, the next `registry_actor()` would get the dying one
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+        except ValueError:
+            break
+        time.sleep(0.05)
     if stop_ray:
         ray.shutdown()
         command = ray_cli()

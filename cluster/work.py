@@ -87,3 +87,4 @@ class ReplicaInfo:
     restarts: int = 0
     pid: int = 0
     note: str = ""  # e.g. why a replica Ray gave a GPU runs on the CPU
+    memory_plan: dict | None = None  # MemoryPlan.as_dict() of the plan it holds the model with

@@ -20,6 +20,10 @@ DEFAULT_MODELS_FILE = bundled_config("models.yaml")
 BUILTIN_PREFIX = "builtin:"
 
 
+# cluster.memory.planner.PLAN_NAMES, best first (a test keeps the two in step)
+MemoryPlanName = Literal["auto", "resident", "fp8-storage", "model-offload", "group-offload", "sequential-offload"]
+
+
 class RateLimit(BaseModel):
     """Appendix B of the design card; `None` means unlimited."""
 
@@ -72,6 +76,11 @@ class ModelSpec(BaseModel):
     gpu_memory_gb: float = Field(0, ge=0, description="GPU memory the loaded weights take.")
     gpu_memory_per_image_gb: float = Field(0, ge=0, description="Extra GPU memory per image of a batch.")
     max_batch_size: int = Field(1, ge=1, description="Most images in one pipeline call or API request.")
+    architecture: str | None = Field(
+        None, description="configs/architectures/<name>.yaml: the model's components, for memory plans without weights.")
+    memory_plan: MemoryPlanName = Field(
+        "auto", description="How a replica holds the model: auto (the first plan that fits the card) or a plan name.")
+    allow_fp8: bool = Field(True, description="Whether a memory plan may store weights in float8 (slight quality cost).")
     cpus: float = Field(1, gt=0, description="Logical CPUs a replica holds.")
 
     # selection (appendix A)

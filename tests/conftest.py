@@ -13,6 +13,9 @@ SESSION_CPUS = 8
 # gpu_memory_gb resource are exercised exactly as on a GPU node.
 SESSION_GPUS = 2
 SESSION_CARD_GB = 24
+# Logical host RAM of the session node (Ray's `memory` resource), as on a GPU machine: memory
+# plans check a host's RAM, and a 2-core CI machine has less than a FLUX box (no real allocation).
+SESSION_HOST_GB = 64
 SESSION_INFO: dict = {}
 
 _CLEARED = (
@@ -62,7 +65,7 @@ def ray_session():
     if not ray.is_initialized():
         # "local": a Ray cluster running on the machine (a warm cluster, another test run) is not joined
         SESSION_INFO["context"] = ray.init(address="local", num_cpus=SESSION_CPUS, num_gpus=SESSION_GPUS,
-                 resources={GPU_MEMORY_RESOURCE: SESSION_GPUS * SESSION_CARD_GB},
+                 resources={GPU_MEMORY_RESOURCE: SESSION_GPUS * SESSION_CARD_GB}, _memory=SESSION_HOST_GB * 2**30,
                  include_dashboard=False, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     ray.shutdown()
@@ -149,11 +152,15 @@ def _release_resident_replicas():
     when it ends (a module's own warm replicas, made before, stay for its other tests)."""
     import ray
 
-    registry = _resident_registry()
-    before = {e["name"] for e in ray.get(registry.entries.remote())} if registry else set()
+    def entries(registry) -> set[str]:
+        try:
+            return {e["name"] for e in ray.get(registry.entries.remote())} if registry else set()
+        except ray.exceptions.RayActorError:  # a registry a test's `cluster down` just killed
+            return set()
+
+    before = entries(_resident_registry())
     yield
     registry = _resident_registry()
-    if registry is not None:
-        made = [e["name"] for e in ray.get(registry.entries.remote()) if e["name"] not in before]
-        if made:
-            ray.get(registry.release.remote(names=made))
+    made = sorted(entries(registry) - before)
+    if made:
+        ray.get(registry.release.remote(names=made))

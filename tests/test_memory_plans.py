@@ -1,0 +1,306 @@
+"""Memory plans: FLUX.1's real component sizes against the cards people have, the plans carried
+out on tiny-flux on the CPU, prompt embeddings reused, plans chosen by the scheduler on logical
+GPUs, and `--dry-run`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cluster.errors import ImageGenError
+from cluster.memory.architectures import count_on_meta, load_architecture
+from cluster.memory.planner import PLAN_NAMES, MemoryPlan, Need, candidates, choose
+from cluster.memory.sizes import architecture_sizes, safetensors_sizes, weights_sizes
+from models.registry import MemoryPlanName
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("name", ["flux1-schnell", "flux1-dev"])
+def test_architecture_sizes_are_what_its_configs_build(name):
+    arch = load_architecture(name)
+    assert count_on_meta(arch) == arch.sizes
+    if name == "flux1-schnell":  # the published figures: a 12B transformer and T5-XXL's 4.7B encoder
+        assert round(arch.sizes["transformer"].params / 1e9, 1) == 11.9
+        assert round(arch.sizes["text_encoder_2"].params / 1e9, 2) == 4.76
+
+
+def test_the_plan_names_of_models_yaml_are_the_planners():
+    assert MemoryPlanName.__args__ == ("auto", *PLAN_NAMES)
+
+
+# FLUX.1-schnell at 1024x1024: (card GB, host GB, batch) -> (plan, footprint GB); None: nothing fits.
+FLUX_TABLE = [
+    (8, 16, 1, None, None), (8, 16, 4, None, None),
+    (12, 16, 1, None, None), (12, 16, 4, None, None),
+    (16, 16, 1, None, None), (16, 16, 4, None, None),
+    (24, 16, 1, None, None), (24, 16, 4, None, None),
+    (40, 16, 1, "resident", 34.7), (40, 16, 4, "resident + vae-slicing", 36.2),
+    (48, 16, 1, "resident", 34.7), (48, 16, 4, "resident", 42.2),
+    (80, 16, 1, "resident", 34.7), (80, 16, 4, "resident", 42.2),
+    (141, 16, 1, "resident", 34.7), (141, 16, 4, "resident", 42.2),
+    (8, 32, 1, "group-offload + fp8", 3.4), (8, 32, 4, "group-offload + fp8 + vae-slicing", 6.0),
+    (12, 32, 1, "group-offload + fp8", 3.4), (12, 32, 4, "group-offload + fp8", 10.9),
+    (16, 32, 1, "model-offload + fp8", 13.2), (16, 32, 4, "group-offload + fp8", 10.9),
+    (24, 32, 1, "fp8-storage", 19.7), (24, 32, 4, "fp8-storage + vae-slicing", 21.2),
+    (40, 32, 1, "resident", 34.7), (40, 32, 4, "resident + vae-slicing", 36.2),
+    (48, 32, 1, "resident", 34.7), (48, 32, 4, "resident", 42.2),
+    (80, 32, 1, "resident", 34.7), (80, 32, 4, "resident", 42.2),
+    (141, 32, 1, "resident", 34.7), (141, 32, 4, "resident", 42.2),
+    (8, 64, 1, "group-offload", 4.2), (8, 64, 4, "group-offload + vae-slicing", 7.2),
+    (12, 64, 1, "group-offload", 4.2), (12, 64, 4, "group-offload", 10.9),
+    (16, 64, 1, "model-offload + fp8", 13.2), (16, 64, 4, "group-offload", 10.9),
+    (24, 64, 1, "fp8-storage", 19.7), (24, 64, 4, "fp8-storage + vae-slicing", 21.2),
+    (40, 64, 1, "resident", 34.7), (40, 64, 4, "resident + vae-slicing", 36.2),
+    (48, 64, 1, "resident", 34.7), (48, 64, 4, "resident", 42.2),
+    (80, 64, 1, "resident", 34.7), (80, 64, 4, "resident", 42.2),
+    (141, 64, 1, "resident", 34.7), (141, 64, 4, "resident", 42.2),
+]
+
+
+@pytest.mark.parametrize("card, host, batch, label, footprint", FLUX_TABLE)
+def test_flux_schnell_on_every_card(card, host, batch, label, footprint):
+    sizes = architecture_sizes("flux1-schnell")
+    need = Need(card, host, batch)
+    choice = choose(sizes, need)
+    assert (choice.plan.label if choice.plan else None, choice.plan.gpu_gb if choice.plan else None) == (label, footprint)
+    every = candidates(sizes, need)
+    fits = [p for p in every if p.gpu_gb <= card and p.host_gb <= host]
+    if choice.plan is None:  # nothing that fits is refused
+        assert not fits
+    else:  # nothing that cannot fit is accepted, and no better plan fitted
+        assert choice.plan.gpu_gb <= card and choice.plan.host_gb <= host
+        assert every.index(next(p for p in every if p.label == choice.plan.label)) == every.index(fits[0])
+
+
+def test_fp8_halves_the_large_components_and_offload_keeps_weights_in_host_ram():
+    sizes = architecture_sizes("flux1-schnell")
+    need = Need(80, 64, 1)
+    by = {p.label: p for p in candidates(sizes, need)}
+    weights_bf16 = sum(c.params for c in sizes.components) * 2 / GIB
+    assert by["resident"].gpu_gb > weights_bf16 > by["fp8-storage"].gpu_gb
+    # the transformer and T5 in fp8: about half their bf16 bytes
+    saved = by["resident"].gpu_gb - by["fp8-storage"].gpu_gb
+    large = (sizes.components[0].params + sizes.components[1].params) * 2 / GIB
+    assert 0.45 * large < saved < 0.5 * large
+    assert by["model-offload"].host_gb > weights_bf16 > by["model-offload + fp8"].host_gb
+    assert by["group-offload"].gpu_gb < by["model-offload"].gpu_gb < by["resident"].gpu_gb
+
+
+def test_a_forced_plan_that_does_not_fit_names_every_plan():
+    from cluster.memory.replica_plan import plan_replica
+    from cluster.placement import NodeCapacity
+    from models.registry import ModelSpec
+
+    spec = ModelSpec(id="flux", backend="custom", factory="m:f", architecture="flux1-schnell", memory_plan="resident",
+                     max_batch_size=4)
+    node = NodeCapacity("n", "n", 8, 1, 24, 56 * GIB, 8 * GIB)
+    with pytest.raises(ImageGenError) as info:
+        plan_replica(spec, [node], None, 1024, 1024, 4)
+    message = info.value.message
+    assert info.value.code == "IMG_010" and "memory plan 'resident'" in message and "24 GB card" in message
+    assert "resident 34.7 GB GPU" in message and "--memory-plan auto" in message
+    assert "Plans that fit: fp8-storage (19.7 GB); model-offload (23.9 GB)" in message
+    spec = spec.model_copy(update={"memory_plan": "auto", "allow_fp8": False})
+    plan = plan_replica(spec, [node], None, 1024, 1024, 4)
+    assert not plan.fp8 and plan.name == "model-offload"
+    assert plan_replica(spec.model_copy(update={"allow_fp8": True}), [node], None, 1024, 1024, 4).name == "fp8-storage"
+
+
+def test_sizes_from_safetensors_headers(tiny_models):
+    folder = tiny_models["tiny-flux"]
+    found = {c.name: c for c in weights_sizes(folder)}
+    assert set(found) == {"transformer", "text_encoder", "text_encoder_2", "vae"}
+    assert found["transformer"].role == "denoiser" and found["vae"].role == "vae"
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(next((folder / "transformer").glob("*.safetensors"))))
+    assert found["transformer"].params == sum(t.numel() for t in tensors.values())
+    assert safetensors_sizes(folder / "transformer")[1] > 0  # its blocks were found
+
+
+# --- plans carried out on tiny-flux, on the CPU -------------------------------------------------
+
+def make_generator(registry, plan: MemoryPlan):
+    from actors.diffusers_generator import DiffusersGenerator
+    from cluster import env
+
+    return DiffusersGenerator(registry.get("tiny-flux"), env.cache_dir(), "tiny-flux-plan", memory_plan=plan)
+
+
+def task(index: int, seed: int, prompt: str = "a lighthouse at dusk"):
+    from cluster.work import ImageTask
+
+    return ImageTask(index, "tiny-flux", prompt, seed, 64, 64, 2, 0.0)
+
+
+def pixels(image) -> np.ndarray:
+    from cluster.png import decode
+
+    return np.asarray(decode(image.png), dtype=float)
+
+
+@pytest.fixture(scope="module")
+def resident_images(tiny_models, registry):
+    generator = make_generator(registry, MemoryPlan("resident"))
+    return [pixels(i) for i in generator.generate([task(0, 3), task(1, 4)])]
+
+
+@pytest.mark.parametrize("plan", [MemoryPlan("fp8-storage", fp8=True), MemoryPlan("group-offload"),
+                                  MemoryPlan("resident", vae="tiling"), MemoryPlan("group-offload", fp8=True,
+                                                                                   vae="slicing")],
+                         ids=lambda p: p.label)
+def test_cpu_plans_run_tiny_flux_to_finite_images(tiny_models, registry, resident_images, plan):
+    generator = make_generator(registry, plan)
+    images = generator.generate([task(0, 3), task(1, 4)])
+    assert all(i.nonfinite_fraction == 0.0 for i in images)
+    made = [pixels(i) for i in images]
+    assert all(m.std() > 0 for m in made)
+    for mine, reference in zip(made, resident_images):
+        if plan.fp8 or plan.vae == "tiling":  # storage precision and tile seams change pixels, a little
+            assert np.abs(mine - reference).mean() < 40
+        else:  # offloading moves weights, not values
+            assert np.array_equal(mine, reference)
+    transformer = generator.pipe.transformer
+    stored = sum(p.numel() * p.element_size() for p in transformer.parameters())
+    full = sum(p.numel() for p in transformer.parameters()) * 4  # float32 on the CPU
+    if plan.fp8:  # float8 storage: under half of what the compute dtype would take
+        assert stored < 0.5 * full
+    else:
+        assert stored == full
+
+
+@pytest.mark.parametrize("name", ["model-offload", "sequential-offload"])
+def test_plans_that_need_cuda_say_so_on_the_cpu(tiny_models, registry, name):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the plan runs")
+    with pytest.raises(ImageGenError) as info:
+        make_generator(registry, MemoryPlan(name))
+    assert info.value.code == "IMG_010" and "needs a CUDA device" in info.value.message
+
+
+def test_each_prompt_is_encoded_once_per_replica(tiny_models, registry):
+    generator = make_generator(registry, MemoryPlan("resident"))
+    t5_forwards = []
+    generator.pipe.text_encoder_2.register_forward_hook(lambda *args: t5_forwards.append(1))
+    prompts = ["a lighthouse at dusk", "a fox in the snow"]
+    calls = [[task(i, i, prompts[i % 2]) for i in range(start, start + 2)] for start in range(0, 10, 2)]
+    made = [image for call in calls for image in generator.generate(call)]
+    assert len(made) == 10 and generator.text_encodes == 2 and len(t5_forwards) == 2
+    # the cached embeddings give what the pipeline makes from the prompt itself
+    import torch
+
+    direct = generator.pipe(prompt=[prompts[0]], height=64, width=64, num_inference_steps=2, guidance_scale=0.0,
+                            generator=[torch.Generator("cpu").manual_seed(0)], output_type="np",
+                            max_sequence_length=32).images[0]
+    expected = (np.nan_to_num(direct).clip(0, 1) * 255).round()
+    assert np.abs(pixels(made[0]) - expected).max() <= 1
+
+
+# --- chosen by the scheduler, on the session's logical 24 GB cards -------------------------------
+
+def flux_sized(tmp_path, **fields):
+    from tests.helpers import scripted_registry
+
+    entry = {"architecture": "flux1-schnell", "gpus": 1, "gpu_memory_gb": 34, "width": 1024, "height": 1024,
+             "max_batch_size": 4, "script": {"latency": 0.05}}
+    entry.update(fields)
+    return scripted_registry(tmp_path, {"flux": entry})
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_flux_sized_model_places_on_a_24_gb_card_with_a_non_resident_plan(tmp_path):
+    from cluster.run import run_generation
+    from tests.helpers import make_request, quick_limits, read_json
+
+    registry = flux_sized(tmp_path)
+    request = make_request(registry, tmp_path, models="flux", image_count=1, width=64, height=64, scorer="none")
+    result = run_generation(request, registry, quick_limits())
+    assert result.exit_code == 0, result.outcome.error
+    (replica,) = read_json(tmp_path / "out/metadata/generation-report.json")["models"]["flux"]["replicas"]
+    plan = replica["memory_plan"]
+    assert plan["name"] == "fp8-storage" and plan["footprint_gb"] <= 24 and "resident does not fit" in plan["reason"]
+    (event,) = result.events.of("memory_plan")
+    assert event["plan"] == "fp8-storage" and event["footprint_gb"] == plan["footprint_gb"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_resident_forced_on_a_24_gb_card_is_img_010_naming_the_plans_that_fit(tmp_path):
+    from cluster.run import run_generation
+    from tests.helpers import make_request, quick_limits
+
+    registry = flux_sized(tmp_path)
+    request = make_request(registry, tmp_path, models="flux", width=64, height=64, scorer="none",
+                           memory_plan="resident")
+    result = run_generation(request, registry, quick_limits())
+    assert result.exit_code == 1 and not result.outcome.images
+    failure = result.outcome.failures[0]
+    assert failure.code == "IMG_010" and "resident" in failure.message and "fp8-storage" in failure.message
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_two_12_gb_footprints_share_one_24_gb_card(tmp_path):
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from cluster.run import run_generation
+    from tests.helpers import make_request, quick_limits, read_json, scripted_registry
+
+    other_card = placement_group([{"GPU": 1, "gpu_memory_gb": 24}])  # another job holds one card
+    assert other_card.wait(timeout_seconds=30)
+    try:
+        registry = scripted_registry(tmp_path, {
+            name: {"gpus": 1, "gpu_memory_gb": 12, "script": {"latency": 0.3}} for name in ("left", "right")})
+        request = make_request(registry, tmp_path, models="left,right", scorer="none", max_parallel=2)
+        result = run_generation(request, registry, quick_limits())
+        assert result.exit_code == 0 and len(result.outcome.images) == 2
+        report = read_json(tmp_path / "out/metadata/generation-report.json")
+        gpus = {m: v["replicas"][0]["gpu_ids"] for m, v in report["models"].items()}
+        assert gpus["left"] == gpus["right"]  # both on the one card left
+        assert {v["replicas"][0]["memory_plan"]["footprint_gb"] for v in report["models"].values()} == {12}
+    finally:
+        remove_placement_group(other_card)
+        ray.available_resources()
+
+
+# --- dry run ------------------------------------------------------------------------------------
+
+def dry(capsys, *args: str) -> tuple[int, dict]:
+    from cluster.cli import main
+
+    code = main(["generate", "--image-prompt", "a lighthouse", "--folder-name", "never", "--dry-run", "--json", *args])
+    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_dry_run_answers_will_flux_fit_my_card_without_weights(tmp_path, capsys):
+    code, result = dry(capsys, "--models", "flux-schnell", "--image-count", "2", "--card-memory", "24",
+                       "--host-memory", "64")
+    assert code == 0 and result["ok"] is True
+    (model,) = result["models"]
+    assert model["available"] is False and "huggingface-cli download" in model["availability"]
+    assert model["sizes_from"] == "architecture: flux1-schnell"
+    (kind,) = model["kinds"]
+    assert kind["plan"]["name"] == "fp8-storage" and kind["nodes"] == ["a 24 GB card"]
+    assert kind["bundle"]["gpu_memory_gb"] == kind["plan"]["footprint_gb"]
+    assert not (tmp_path / "never").exists()  # nothing written
+
+
+def test_dry_run_on_a_card_too_small_exits_1_with_every_plan(tmp_path, capsys):
+    code, result = dry(capsys, "--models", "flux-schnell", "--card-memory", "8", "--host-memory", "16")
+    assert code == 1 and result["ok"] is False
+    (kind,) = result["models"][0]["kinds"]
+    assert kind["code"] == "IMG_010" and "group-offload" in kind["message"] and "host RAM" in kind["message"]
+
+
+@pytest.mark.parametrize("args, code", [(["--card-memory", "-3"], "IMG_028"), (["--memory-plan", "swap"], "IMG_028"),
+                                        (["--host-memory", "16"], "IMG_011")])
+def test_dry_run_input_errors(capsys, args, code):
+    from cluster.cli import main
+
+    status = main(["generate", "--image-prompt", "a lighthouse", "--folder-name", "never", "--models", "tiny-flux",
+                   "--dry-run", *args])
+    assert status == 2 and f"error {code}" in capsys.readouterr().err

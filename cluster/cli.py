@@ -12,7 +12,6 @@ import contextlib
 import json
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Sequence
 
@@ -68,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Run history (SQLite); default $KAMUI_HISTORY_DB or ~/.cache/kamui-multi-image/history.sqlite.")
     gen.add_argument("--json", action="store_true", help="Print events and the summary as JSON lines on stdout.")
     gen.add_argument("--debug", action="store_true", help="Show Ray's logs and tracebacks.")
+    gen.add_argument("--no-resume", action="store_true",
+                     help="Start afresh even when an interrupted run of the same request left finished images.")
     gen.add_argument("--dry-run", action="store_true",
                      help="Validate and plan only: per model, the memory plan, bundle and nodes it would use, and "
                           "whether its weights are here. Generates and writes nothing.")
@@ -149,11 +150,15 @@ def _batch(args: argparse.Namespace) -> int:
     entries = build_entries(Path(args.manifest), registry, {"scorer": args.scorer})
     import ray
 
-    with StopOnSignal() as stop, machine_stdout(args.json) as out, RayRuntime(args.address, args.debug) as runtime:
+    from cluster.durability.guard import RunGuard, SignalWatch
+
+    # entries journal their images; a batch stopped past the guard's deadline resumes where it was
+    guard = RunGuard(deadline_s=9.0)
+    with SignalWatch(guard), machine_stdout(args.json) as out, RayRuntime(args.address, args.debug) as runtime:
         events = Events(*choose_sinks(args.json, out=out))
         before = {e["name"] for e in ray.get(registry_actor().entries.remote(), timeout=REGISTRY_TIMEOUT)}
         try:
-            results = run_batch(entries, registry, limits, events=events, stop=stop.event, entries_at_once=at_once,
+            results = run_batch(entries, registry, limits, events=events, stop=guard.stop, entries_at_once=at_once,
                                 run=_with_history(args.history_db))
         finally:
             if runtime.embedded:  # an embedded cluster's warm replicas end with the batch
@@ -165,8 +170,8 @@ def _batch(args: argparse.Namespace) -> int:
                   flush=True)
     if not args.json:
         print(summary_table(results))
-    if stop.event.is_set():
-        return 130 if stop.signal != signal.SIGTERM else 143
+    if guard.stop.is_set():
+        return 130 if guard.signal != signal.SIGTERM else 143
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -305,13 +310,17 @@ def _generate(args: argparse.Namespace) -> int:
     if raw["max_parallel"] is None:
         raw["max_parallel"] = str(limits.perf.max_concurrent_generations)
     raw["debug"] = "true" if args.debug else None
+    raw["no_resume"] = "true" if args.no_resume else None
     request = parse_request(raw, registry)
     if args.dry_run or args.card_memory or args.host_memory:
         return _dry_run(args, request, registry, limits)
 
-    with StopOnSignal() as stop, machine_stdout(args.json) as out:
+    from cluster.durability.guard import RunGuard, SignalWatch
+
+    guard = RunGuard()
+    with SignalWatch(guard), machine_stdout(args.json) as out:
         result = run_generation(request, registry, limits, events=Events(*choose_sinks(args.json, out=out)),
-                                stop=stop.event, history=History(args.history_db))
+                                stop=guard.stop, history=History(args.history_db), guard=guard)
         if args.json:
             print(json.dumps({"event": "summary", "status": result.outcome.status, "exit_code": result.exit_code,
                               "outputs": result.outputs}, ensure_ascii=False), file=out, flush=True)
@@ -321,7 +330,7 @@ def _generate(args: argparse.Namespace) -> int:
         from cluster.progress import one_line
 
         print(f"error {result.outcome.error.code}: {one_line(result.outcome.error.message)}", file=sys.stderr)
-    if stop.signal == signal.SIGTERM:
+    if guard.signal == signal.SIGTERM:
         return 143
     return result.exit_code
 
@@ -373,33 +382,6 @@ def machine_stdout(json_mode: bool):
         yield real
     finally:
         sys.stdout = real
-
-
-class StopOnSignal:
-    """SIGINT/SIGTERM ask the run to stop: no new work, finished images kept, a consistent partial
-    report written, a non-zero exit. A second signal gives up at once (the next run cleans up)."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.signal: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame):
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.signal = signum
-        self.event.set()
-        print("[multi-image] stopping: writing what is finished (signal again to abort)", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> "StopOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def _print_summary(result) -> None:

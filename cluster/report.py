@@ -65,6 +65,7 @@ class RunOutcome:
     primary_url: str | None = None  # set when the primary copy was uploaded
     upload: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)  # per-model summary of earlier runs (cluster.history)
+    resumed: dict | None = None  # what an interrupted earlier run of this request left and this one kept
 
     @property
     def completed(self) -> bool:
@@ -238,6 +239,7 @@ def generation_report(outcome: RunOutcome, file_sizes: dict[int, int], report_pa
         "upload": outcome.upload or None,
         "cost_usd": round(sum(outcome.costs.values()), 4),
         "cluster": outcome.cluster,
+        "resumed": outcome.resumed,
         "metrics": outcome.metrics,
     }
 

@@ -55,6 +55,7 @@ class GenerationRequest(BaseModel):
     signed_urls: bool | None = Field(None, description="Signed instead of public URLs; None: configs/output.yaml.")
     scorer: str | None = Field(None, description="CLIP scorer id from configs/scoring.yaml, or none; None: its default.")
     memory_plan: str | None = Field(None, description="A memory plan for every local model; None: each model's own.")
+    no_resume: bool = Field(False, description="Discard an interrupted earlier run's journal instead of resuming it.")
     debug: bool = False
 
     @property
@@ -100,6 +101,7 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         "memory_plan": parse_memory_plan(get("memory_plan")),
         "signed_urls": None if not (get("signed_urls") or "").strip()
         else parse_bool_flag(get("signed_urls"), flag="--signed-urls", code="IMG_026"),
+        "no_resume": parse_bool_flag(get("no_resume"), flag="--no-resume", code="IMG_011"),
         "debug": parse_bool_flag(get("debug"), flag="--debug", code="IMG_011"),
     }
     return GenerationRequest(**fields)

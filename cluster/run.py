@@ -9,8 +9,10 @@ what happened; the exit status is 0 when at least one image was made.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +20,8 @@ from datetime import datetime, timezone
 
 from cluster import env
 from cluster.errors import ImageGenError, describe_exception
+from cluster.durability.guard import RunGuard
+from cluster.durability.journal import Resumed, RunJournal, request_key
 from cluster.events import Events
 from cluster.gallery import render_gallery
 from cluster.github_output import append_outputs
@@ -29,6 +33,7 @@ from cluster.preflight import check_disk_space, check_folder_owned, clean_stale_
 from cluster.ray_runtime import RayRuntime
 from cluster.replicas import ReplicaPool
 from cluster.report import FinalImage, RunOutcome
+from cluster.work import FailedImage
 from cluster.retry import ABORT_CODES, RetryPolicy
 from cluster.scheduler import ScheduleResult, Scheduler
 from cluster.quality import QualityScore
@@ -81,9 +86,11 @@ def run_generation(
     upload_config: UploadConfig | None = None,
     history: History | None = None,
     resident: bool | None = None,
+    guard: RunGuard | None = None,
 ) -> RunResult:
     """`resident`: use the cluster's warm replicas and leave them running (default: when the run
-    joins a cluster with --address; an embedded instance ends with the run anyway)."""
+    joins a cluster with --address; an embedded instance ends with the run anyway). `guard`: writes
+    the partial report from the journal when a signal or a lost cluster leaves the run no time to."""
     events = events or Events()
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -92,14 +99,30 @@ def run_generation(
     check_folder_owned(request.folder_name)
     clean_stale_staging(request.folder_name)
     history = history or History()
-    plan = make_plan(request, registry, history=_safe(history.score), base_seed=base_seed)
+    journal = RunJournal(request.folder_name)
+    key = request_key(_journal_key_fields(request, registry))
+    if request.no_resume:
+        journal.discard()
+    resumed = None if request.no_resume else journal.load(key)
+    if resumed is not None:
+        plan = _resumed_plan(resumed, request, registry)
+    else:
+        plan = make_plan(request, registry, history=_safe(history.score), base_seed=base_seed)
     free_bytes = check_disk_space(
         request.folder_name,
         estimate_bytes([t.width * t.height for t in plan.tasks]),
         limits.perf.disk_space_limit,
     )
+    journal.start(key, plan.tasks, {"base_seed": plan.base_seed, "models": plan.models, "strategy": plan.strategy,
+                                    "selection_reason": plan.selection_reason, "created": started_at}, resumed)
+    if resumed is not None:
+        events.emit("run_resumed", kept=len(resumed.images), discarded=len(resumed.discarded),
+                    missing=plan.total - len(resumed.images))
     events.emit("run_started", images=plan.total, models=",".join(plan.models), strategy=plan.strategy,
                 planned=_planned_counts(plan))
+    if guard is not None:
+        guard.attach(lambda code, message: _write_from_journal(
+            request, registry, plan, journal, code, message, started, started_at, resumed))
 
     schedule = ScheduleResult()
     replicas: dict = {}
@@ -113,6 +136,8 @@ def run_generation(
             cluster_info = runtime.describe()
             for note in cluster_info.get("notes", []):
                 events.emit("ray_note", message=note)
+            if guard is not None and runtime.owned:
+                guard.watch(_gcs_address())
             metrics_sink = _ray_metrics_sink(events)
             if resident is None:  # a cluster that outlives the run keeps its models warm for the next
                 resident = request.address not in (None, "local") or runtime.joined is not None
@@ -122,7 +147,8 @@ def run_generation(
             run_scorer = scorer or make_scorer(request.scorer, scoring or load_scoring(), pool.nodes, events, resident,
                                                limits=limits, start=False)
             try:
-                schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop, started)
+                schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop, started,
+                                     journal, resumed)
                 replicas = pool.collect_infos()
                 cluster_info["nodes"] = len(pool.nodes)
             finally:
@@ -142,10 +168,14 @@ def run_generation(
                     run_scorer.release()
                 if metrics_sink in events.sinks:
                     events.sinks.remove(metrics_sink)
+                if guard is not None:
+                    guard.unwatch()  # an embedded cluster going down now is the run's own doing
     except ImageGenError as exc:
         error = exc
     if error is None:
         error = schedule.aborted
+    if error is None and schedule.stopped == "interrupted":
+        error = ImageGenError("IMG_021", "the run was interrupted by a stop signal; what finished is kept")
     if error is None and not schedule.images and schedule.failures:
         last = schedule.failures[-1]
         error = ImageGenError(last.code, f"no image was made: {last.message}")
@@ -156,6 +186,7 @@ def run_generation(
     outcome = _outcome(request, plan, schedule, scores, scorer_info, replicas, error, started, started_at,
                        cluster_info)
     outcome.model_weights = {spec.id: spec.weights for spec in registry}
+    outcome.resumed = resumed.summary() if resumed is not None else None
     events.emit("scored", images=len(outcome.images), primary=outcome.primary)
     outcome.history = _safe(history.summary)() or {}
     outcome.metrics = run_metrics(outcome, schedule.max_in_flight, schedule.calls,
@@ -163,11 +194,17 @@ def run_generation(
     upload_config = _upload_config(request, upload_config)
     if upload_config.uri and outcome.images:
         _upload(outcome, upload_config, events)
+    if guard is not None and not guard.claim():
+        threading.Event().wait()  # the guard is writing the report from the journal, then ends the process
     try:
         written = write_run(outcome, gallery=render_gallery)
     except OSError as exc:
         raise ImageGenError("IMG_005", f"writing {request.folder_name} failed ({exc.strerror or exc}); "
                                        "temporary files were removed.") from None
+    finally:
+        if guard is not None:
+            guard.release()
+    _settle_journal(journal, outcome)
     outputs = step_outputs(outcome, written)
     if _safe(history.record)(outcome) is None:
         events.emit("history_not_recorded", path=str(history.path))
@@ -177,6 +214,70 @@ def run_generation(
     events.emit("run_finished", status=outcome.status, images=len(outcome.images),
                 failed=len(outcome.failures), seconds=round(outcome.total_seconds, 2))
     return RunResult(outcome, written, outputs, events)
+
+
+def _journal_key_fields(request: GenerationRequest, registry: Registry) -> dict:
+    """What decides a run's images: a rerun with the same resumes, anything else starts clean."""
+    try:
+        config = hashlib.sha256(registry.path.read_bytes()).hexdigest()
+    except OSError:
+        config = str(registry.path)
+    return {"prompt": request.image_prompt, "models": request.models_input, "count": request.image_count,
+            "strategy": request.generation_strategy, "comparison": request.enable_comparison, "seed": request.seed,
+            "size": [request.width, request.height], "steps": request.steps, "memory_plan": request.memory_plan,
+            "config": config}
+
+
+def _resumed_plan(resumed: Resumed, request: GenerationRequest, registry: Registry) -> Plan:
+    """The first run's plan, as journaled: the same models, tasks and seeds (a re-plan could pick
+    other models, since selection reads the run history)."""
+    from models.prompt_analysis import analyze_prompt
+
+    header = resumed.header
+    models = list(header["models"])
+    return Plan(tasks=resumed.tasks, models=models, strategy=header["strategy"], base_seed=header["base_seed"],
+                analysis=analyze_prompt(request.image_prompt),
+                selection_reason=f"{header['selection_reason']} (resumed from the interrupted run's journal)",
+                specs={m: registry.get(m) for m in models})
+
+
+def _settle_journal(journal: RunJournal, outcome: RunOutcome) -> None:
+    """A run that made every planned image needs its journal no more; an unfinished one keeps it,
+    so running the same request again makes only what is missing."""
+    if len(outcome.images) >= outcome.planned_total:
+        journal.discard()
+    else:
+        journal.close()
+
+
+def _gcs_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def _write_from_journal(request, registry, plan, journal, code, message, started, started_at, resumed) -> None:
+    """The partial report when the run cannot write its own (stopped, cluster lost): the journaled
+    images, weight-free scores, no Ray. Runs on the guard's thread."""
+    images = sorted(list(journal.images), key=lambda i: i.task.index)
+    done = {i.task.index for i in images}
+    failures = [FailedImage(task, code, f"not made: {message}") for task in plan.tasks if task.index not in done]
+    schedule = ScheduleResult(images=images, failures=failures,
+                              stopped="interrupted" if code == "IMG_021" else None)
+    scorer = WeightFreeScorer(f"{message}; scored without a CLIP model")
+    outcome = _outcome(request, plan, schedule, scorer.score(images), scorer.describe(), {},
+                       ImageGenError(code, message), started, started_at,
+                       {"address": request.address or "embedded", "notes": [message]})
+    outcome.model_weights = {spec.id: spec.weights for spec in registry}
+    outcome.resumed = resumed.summary() if resumed is not None else None
+    written = write_run(outcome, gallery=render_gallery)
+    journal.close()  # kept: the same request run again makes only what is missing
+    outputs = step_outputs(outcome, written)
+    github_output = env.github_output_path()
+    if github_output is not None:
+        append_outputs(github_output, outputs)
+    print(f"{outcome.status}: {len(outcome.images)}/{outcome.planned_total} images -> {outcome.folder_display} "
+          f"(error {code}; report: {outputs['generation-report']})", file=sys.stderr, flush=True)
 
 
 def _safe(fn):
@@ -240,7 +341,8 @@ def _upload(outcome: RunOutcome, config: UploadConfig, events: Events) -> None:
                        "with file:// URLs.")
 
 
-def _schedule(request, registry, limits, plan, pool, scorer, events, stop, started: float) -> ScheduleResult:
+def _schedule(request, registry, limits, plan, pool, scorer, events, stop, started: float,
+              journal: RunJournal | None = None, resumed: Resumed | None = None) -> ScheduleResult:
     fallback_specs = _fallback_specs(plan, registry)
     specs = {**{s.id: s for s in fallback_specs}, **plan.specs}
     scheduler = Scheduler(
@@ -250,18 +352,25 @@ def _schedule(request, registry, limits, plan, pool, scorer, events, stop, start
         score=lambda image: scorer.score([image])[0].overall,
         resolve_fallback=lambda task, model: retarget(task, registry.get(model), request),
         stop=stop,
-        planned=_planned_counts(plan),
+        planned=_planned_counts(plan, resumed),
         after_placement=scorer.start,
+        on_image=journal.record if journal is not None else None,
     )
+    kept = resumed.images if resumed is not None else []
+    done = {image.task.index for image in kept}
+    tasks = [task for task in plan.tasks if task.index not in done]
     # comparison mode keeps one prompt for every model, so sequential variations are off there
     sequential = plan.strategy == "sequential" and not request.enable_comparison
-    return scheduler.run(SequentialSource(plan.tasks) if sequential else StaticSource(plan.tasks), started)
+    return scheduler.run(SequentialSource(tasks) if sequential else StaticSource(tasks), started, done=kept)
 
 
-def _planned_counts(plan: Plan) -> dict[str, int]:
+def _planned_counts(plan: Plan, resumed: Resumed | None = None) -> dict[str, int]:
+    """Images each model is to make (those a resumed journal already holds are made)."""
+    done = {i.task.index for i in resumed.images} if resumed is not None else set()
     counts: dict[str, int] = {}
     for task in plan.tasks:
-        counts[task.model] = counts.get(task.model, 0) + 1
+        if task.index not in done:
+            counts[task.model] = counts.get(task.model, 0) + 1
     return counts
 
 

@@ -86,9 +86,11 @@ class Scheduler:
         planned: dict[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         after_placement: Callable[[], None] | None = None,
+        on_image: Callable[[GeneratedImage], None] | None = None,
     ):
         """`after_placement`: called once, when the first tasks' models hold their placement
-        groups (the run starts its scorer then, so the scorer never takes a card before them)."""
+        groups (the run starts its scorer then, so the scorer never takes a card before them).
+        `on_image`: called with each finished image as it arrives (the run journals it to disk)."""
         self.pool = pool
         self.specs = specs
         self.limits = limits
@@ -114,11 +116,17 @@ class Scheduler:
         self._source: StaticSource | SequentialSource | None = None
         self.planned = dict(planned or {})
         self._after_placement = after_placement
+        self._on_image = on_image
 
     # --- entry point ----------------------------------------------------------------
 
-    def run(self, source: StaticSource | SequentialSource, started: float | None = None) -> ScheduleResult:
-        """Run every task `source` gives; `started` is when the run began (the total limit counts from there)."""
+    def run(self, source: StaticSource | SequentialSource, started: float | None = None,
+            done: list[GeneratedImage] | None = None) -> ScheduleResult:
+        """Run every task `source` gives; `started` is when the run began (the total limit counts from
+        there); `done`: images an earlier run of the same request finished (a resumed run)."""
+        for image in done or []:
+            self.result.images.append(image)
+            self._done.add(image.task.index)
         self._source = source
         self.pool.expect([self.specs[m] for m in self.planned if m in self.specs], self.planned)
         started = self.clock() if started is None else started
@@ -344,6 +352,11 @@ class Scheduler:
             self._done.add(state.task.index)
             image.attempts = state.attempts + [Attempt(call.model, call.replica.name, round(elapsed, 3))]
             self.result.images.append(image)
+            if self._on_image is not None:
+                try:
+                    self._on_image(image)
+                except OSError as exc:  # a journal that cannot be written must not stop the run
+                    self.events.emit("journal_failed", index=image.task.index, message=str(exc))
             score = self.score(image) if (self.score and source.wants_scores) else None
             source.on_result(image, score)
             self.events.emit("image_done", index=image.task.index, model=call.model, replica=call.replica.name,

@@ -84,9 +84,9 @@ def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | 
         _write_text(staging / "image-urls.json", json.dumps(urls, indent=2) + "\n")
         if gallery is not None:
             _write_text(staging / "gallery.html", gallery(outcome, report))
-        _fsync_dir(images_dir)
-        _fsync_dir(meta_dir)
-        _fsync_dir(staging)
+        fsync_dir(images_dir)
+        fsync_dir(meta_dir)
+        fsync_dir(staging)
         _swap_in(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,7 +136,7 @@ def _swap_in(staging: Path, folder: Path) -> None:
         if retired is not None and not folder.exists():
             os.rename(retired, folder)  # put the previous result back
         raise
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
 
@@ -152,7 +152,8 @@ def _write_text(path: Path, text: str) -> None:
     _write_bytes(path, text.encode("utf-8"))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's new entries durable (a rename is only durable once its folder is synced)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

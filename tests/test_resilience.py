@@ -3,6 +3,8 @@ hostile input, and a soak with no leaks."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -159,7 +161,14 @@ def test_a_disk_that_fills_during_the_run_is_img_005_and_leaves_no_temporary_fil
         with pytest.raises(ImageGenError) as info:
             run_generation(request, registry, quick_limits())
         assert info.value.code == "IMG_005" and "temporary files were removed" in info.value.message
-        assert sorted(p.name for p in mount.iterdir()) == ["hog"]  # no staging folder, no half-written output
+        # no staging folder, no half-written output; the journal keeps what finished, for a rerun once
+        # there is room again
+        assert sorted(p.name for p in mount.iterdir()) == [".out.multi-image-journal", "hog"]
+        journal = (mount / ".out.multi-image-journal" / "journal.jsonl").read_text().splitlines()
+        for line in journal[1:]:  # every image a line names is whole
+            entry = json.loads(line)
+            data = (mount / ".out.multi-image-journal" / entry["file"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
@@ -190,13 +199,15 @@ def test_a_signal_stops_new_work_and_writes_a_consistent_partial_report(tmp_path
     assert {f["error_code"] for f in report["failed_images"]} <= {"IMG_021"}
     assert sorted(p.name for p in (out / "images").glob("generated-image-*.png")) == \
         [f"generated-image-{i}.png" for i in range(1, made + 1)]
-    assert not [p for p in tmp_path.iterdir() if ".multi-image-" in p.name]
-    # a later run into the same folder starts clean
+    # no staging or retired folder left; the journal stays, so the same request run again resumes
+    assert [p.name for p in tmp_path.iterdir() if ".multi-image-" in p.name] == [".out.multi-image-journal"]
+    # a different request into the same folder starts clean
     rerun = subprocess.run([*command, "--image-count", "1"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert read_json(out / "metadata/generation-report.json")["generation_summary"]["successful_generations"] == 1
     assert sorted(p.name for p in (out / "images").iterdir()) == ["generated-image-1.png", "generated-image.png"]
+    assert not [p for p in tmp_path.iterdir() if ".multi-image-" in p.name]
 
 
 # --- hostile input -------------------------------------------------------------------------

@@ -234,6 +234,31 @@ def test_an_interrupted_batch_resumes_without_redoing_finished_entries(tmp_path,
     assert calls_after - calls_before == 5 - len(done_first)  # only the unfinished entries ran
 
 
+def test_an_entry_stopped_mid_run_resumes_its_images(tmp_path, clean_cluster):
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.3}}})
+    manifest = write_manifest(tmp_path, [{"id": "e0", "image-prompt": "a fox", "models": "local", "image-count": "5",
+                                          "max-parallel": "1", "seed": "40"}])
+    stop = threading.Event()
+    events = Events()
+    seen = []
+
+    def stop_after_two(event):
+        seen.append(event["event"])
+        if seen.count("image_done") >= 2:
+            stop.set()
+
+    events.sinks.append(stop_after_two)
+    (first,) = run_batch(build_entries(manifest, registry, {}), registry, quick_limits(), events=events, stop=stop)
+    assert first.status == "interrupted"
+    made = read_json(tmp_path / "jobs-out/e0/metadata/generation-report.json")["generation_summary"][
+        "successful_generations"]
+    (second,) = run_batch(build_entries(manifest, registry, {}), registry, quick_limits(), events=Events())
+    report = read_json(tmp_path / "jobs-out/e0/metadata/generation-report.json")
+    assert second.ok and report["generation_summary"]["successful_generations"] == 5
+    assert report["resumed"]["images_kept"] == list(range(made)) and made >= 2
+    assert [i["seed"] for i in report["images"]] == [40, 41, 42, 43, 44]
+
+
 def test_a_changed_entry_is_not_taken_for_finished(tmp_path, registry):
     request = make_request(registry, tmp_path, models="tiny-flux", folder_name="x")
     assert finished_report(request) is None

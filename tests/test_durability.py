@@ -170,14 +170,45 @@ def test_sigkill_then_the_same_command_resumes_with_the_planned_seeds(tmp_path, 
     made_again = [e for e in _calls(slow_model) if e["event"] == "start"][calls_before:]
     assert sorted(i for e in made_again for i in e["indices"]) == sorted(set(range(IMAGES)) - set(kept) | {torn_index})
     assert not journal.exists()  # complete now: nothing left to resume
-    # --no-resume starts afresh even with a journal there
-    process = start(cmd)
-    wait_for_images(process, 1)
-    os.kill(process.pid, signal.SIGKILL)
-    process.communicate(timeout=30)
-    fresh = subprocess.run([*cmd, "--no-resume", "--image-count", "2"], cwd=ROOT, env=run_env(), capture_output=True,
-                           text=True, timeout=180)
-    assert fresh.returncode == 0 and read_json(folder / "metadata/generation-report.json")["resumed"] is None
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_no_resume_starts_afresh_and_a_different_request_starts_clean(tmp_path):
+    from cluster.run import run_generation
+    from tests.helpers import make_request, quick_limits
+
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})
+
+    def run(**raw):
+        request = make_request(registry, tmp_path, models="local", image_count=3, seed=7, **raw)
+        return run_generation(request, registry, quick_limits()), read_json(tmp_path / "out/metadata/generation-report.json")
+
+    def leave_a_journal():  # what a killed run of the same request leaves
+        journal = RunJournal(tmp_path / "out")
+        journal.start(key, [generated(0, "local", 7).task], {"base_seed": 7, "models": ["local"],
+                                                           "strategy": "smart", "selection_reason": "x"}, None)
+        journal.record(generated(0, "local", 7))
+        journal.close()
+
+    key = _key_of(registry, tmp_path)
+    leave_a_journal()
+    _, report = run()
+    assert report["resumed"]["images_kept"] == [0]
+    leave_a_journal()
+    _, report = run(no_resume="true")
+    assert report["resumed"] is None and not journal_dir(tmp_path / "out").exists()
+    leave_a_journal()
+    _, report = run(image_prompt="another prompt")
+    assert report["resumed"] is None and not journal_dir(tmp_path / "out").exists()
+
+
+def _key_of(registry, tmp_path) -> str:
+    from cluster.durability.journal import request_key
+    from cluster.run import _journal_key_fields
+    from tests.helpers import make_request
+
+    request = make_request(registry, tmp_path, models="local", image_count=3, seed=7)
+    return request_key(_journal_key_fields(request, registry))
 
 
 def test_a_joined_clusters_head_dying_mid_run_is_img_019_with_a_partial_report(tmp_path, slow_model):

@@ -257,6 +257,7 @@ def test_any_command_line_gives_a_request_or_an_img_error(argv):
 # --- soak ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # about a minute: `./scripts/test.sh -m slow`
 @pytest.mark.usefixtures("ray_session")
 def test_twenty_runs_against_one_ray_instance_do_not_leak(tmp_path):
     import psutil

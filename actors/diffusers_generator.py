@@ -12,7 +12,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from actors.memory_apply import load_planned
+from actors.memory_apply import build_planned, load_planned
+from actors.speed import apply_speed
+from models.real_size import ARCH_BUILDERS
 from cluster.errors import ImageGenError
 from cluster.memory.planner import MemoryPlan
 from cluster.png import encode_png
@@ -82,25 +84,44 @@ class DiffusersGenerator:
         pipeline_cls = getattr(diffusers, spec.pipeline, None)
         if pipeline_cls is None:
             raise ImageGenError("IMG_018", f"model {spec.id!r}: diffusers has no pipeline class {spec.pipeline!r}.")
-        location = self._weights_location(cache_root)
-        kwargs = {"torch_dtype": self.dtype, **placement}
-        if spec.variant:
-            kwargs["variant"] = spec.variant
-        try:
-            if placement:  # a device-mapped pipeline lands on its cards as it loads
-                self.pipe = pipeline_cls.from_pretrained(location, local_files_only=True, **kwargs)
-            else:
-                self.pipe = load_planned(pipeline_cls, Path(location), kwargs, self.memory_plan, self.device, torch)
-        except (OSError, ValueError) as exc:
-            raise ImageGenError(
-                "IMG_002", f"model {spec.id!r}: loading {location} failed: {' '.join(str(exc).split())[:400]}"
-            ) from None
+        kind, value = spec.source_kind()
+        if kind == "builtin" and value in ARCH_BUILDERS:
+            if not self.device.startswith("cuda"):
+                raise ImageGenError("IMG_010", f"model {spec.id!r} is a real-size architecture with random weights "
+                                               "(about 34 GB in bf16): it needs a CUDA GPU; on the CPU use tiny-flux.")
+            self.pipe = build_planned(value, self.memory_plan, self.device, self.dtype, torch)
+        else:
+            location = self._weights_location(cache_root)
+            kwargs = {"torch_dtype": self.dtype, **placement}
+            if spec.variant:
+                kwargs["variant"] = spec.variant
+            try:
+                if placement:  # a device-mapped pipeline lands on its cards as it loads
+                    self.pipe = pipeline_cls.from_pretrained(location, local_files_only=True, **kwargs)
+                else:
+                    self.pipe = load_planned(pipeline_cls, Path(location), kwargs, self.memory_plan, self.device, torch)
+            except (OSError, ValueError) as exc:
+                raise ImageGenError(
+                    "IMG_002", f"model {spec.id!r}: loading {location} failed: {' '.join(str(exc).split())[:400]}"
+                ) from None
         self.pipe.set_progress_bar_config(disable=True)
+        self.speed = apply_speed(self.pipe, spec.speedups, self.device, torch, spec.id, plan_fp8=self.memory_plan.fp8,
+                                 offloaded=self.memory_plan.offload != "none")
         parameters = inspect.signature(self.pipe.__call__).parameters
         self._supports_callback = "callback_on_step_end" in parameters
         # pipelines taking pooled embeddings (FLUX) get each prompt encoded once per replica
         self._reuses_embeddings = "pooled_prompt_embeds" in parameters and hasattr(self.pipe, "encode_prompt")
+        if "compile" in self.speed.applied:
+            self._warm_up()  # the compile happens here, in the load time, not in the first request
         self.load_seconds = time.perf_counter() - started
+
+    def _warm_up(self) -> None:
+        from cluster.work import ImageTask
+
+        spec = self.spec
+        self.generate([ImageTask(0, spec.id, "warm-up", 0, spec.width, spec.height, spec.steps, spec.guidance)])
+        self._embeddings.clear()
+        self.text_encodes = 0
 
     def _check_free_memory(self, free: list[int], need_gb: float) -> None:
         if sum(free) >= need_gb * GIB:

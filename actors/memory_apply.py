@@ -85,8 +85,37 @@ def load_planned(pipeline_cls, location: Path, kwargs: dict, plan: MemoryPlan, d
     if plan.offload == "none" and cuda and not preloaded:
         load_kwargs["device_map"] = "cuda"  # straight onto the card, not through host RAM
     pipe = pipeline_cls.from_pretrained(location, local_files_only=True, **load_kwargs)
+    return finish_plan(pipe, plan, device, torch, placed="device_map" in load_kwargs)
+
+
+def build_planned(name: str, plan: MemoryPlan, device: str, dtype, torch):
+    """A real-size random-weight pipeline (models.real_size) held as `plan` says: built on the card
+    for a resident plan (each large component cast to fp8 as soon as it exists, for an fp8 plan),
+    in host RAM for an offload plan."""
+    from cluster.memory.architectures import load_architecture
+    from models.real_size import ARCH_BUILDERS, build_arch_pipeline
+
+    if plan.name in NEEDS_CUDA and not device.startswith("cuda"):
+        raise ImageGenError("IMG_010", f"memory plan {plan.label!r} needs a CUDA device.")
+    build_on = device if plan.offload == "none" else "cpu"
+
+    def cast(component_name: str, module) -> None:
+        from cluster.memory.sizes import role_of
+
+        if plan.fp8 and role_of(type(module).__name__) in ("denoiser", "text_encoder") and \
+                sum(p.numel() for p in module.parameters()) >= FP8_MIN_PARAMS:
+            cast_to_fp8(module, dtype, torch)
+
+    pipe = build_arch_pipeline(load_architecture(ARCH_BUILDERS[name]), build_on, dtype, torch, after_component=cast)
+    return finish_plan(pipe, plan, device, torch, placed=build_on == device)
+
+
+def finish_plan(pipe, plan: MemoryPlan, device: str, torch, placed: bool = False):
+    """The plan's placement of an assembled pipeline: onto the card, or its offload hooks; then
+    the VAE mode. `placed`: the components are already on `device`."""
+    cuda = device.startswith("cuda")
     if plan.offload == "none":
-        if "device_map" not in load_kwargs:
+        if not placed:
             pipe.to(device)
     elif plan.offload == "model":
         pipe.enable_model_cpu_offload(device=device)

@@ -104,6 +104,7 @@ class ModelWorker:
                 pid=os.getpid(),
                 note=_cpu_note(device, gpu_ids),
                 memory_plan=self._plan_record(),
+                speed=getattr(getattr(self.backend, "speed", None), "as_dict", lambda: None)(),
             )
             self.last_used = time.time()
         return self.info()

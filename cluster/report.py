@@ -222,7 +222,8 @@ def generation_report(outcome: RunOutcome, file_sizes: dict[int, int], report_pa
                     {"replica": i.replica, "node_id": i.node_id, "device": i.device, "dtype": i.dtype,
                      "weights": i.weights, "load_time_seconds": round(i.load_seconds, 3),
                      "peak_gpu_memory_bytes": i.peak_gpu_memory_bytes, "gpu_ids": i.gpu_ids, "warm": i.warm,
-                     "restarts": i.restarts, "memory_plan": i.memory_plan, **({"note": i.note} if i.note else {})}
+                     "restarts": i.restarts, "memory_plan": i.memory_plan, "speed": i.speed,
+                     **({"note": i.note} if i.note else {})}
                     for i in infos
                 ],
             }

@@ -88,3 +88,4 @@ class ReplicaInfo:
     pid: int = 0
     note: str = ""  # e.g. why a replica Ray gave a GPU runs on the CPU
     memory_plan: dict | None = None  # MemoryPlan.as_dict() of the plan it holds the model with
+    speed: dict | None = None  # speed options applied and skipped, with reasons (actors.speed)

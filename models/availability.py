@@ -35,9 +35,10 @@ def check(spec: ModelSpec) -> Availability:
         return _check_factory(spec)
     kind, value = spec.source_kind()
     if kind == "builtin":
-        from models.tiny import BUILDERS  # torch-free: only names
+        from models.real_size import ARCH_BUILDERS  # torch-free: only names
+        from models.tiny import BUILDERS
 
-        if value in BUILDERS:
+        if value in BUILDERS or value in ARCH_BUILDERS:
             return Availability(spec.id, True)
         return Availability(spec.id, False, "IMG_002", f"model {spec.id!r}: no builtin pipeline named {value!r}.")
     if kind == "local":

@@ -24,6 +24,22 @@ BUILTIN_PREFIX = "builtin:"
 MemoryPlanName = Literal["auto", "resident", "fp8-storage", "model-offload", "group-offload", "sequential-offload"]
 
 
+class SpeedOptions(BaseModel):
+    """How a replica makes its pipeline fast, applied at load and recorded in the report.
+    `auto` applies what the device supports and records why the rest was skipped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="Regional torch.compile of the denoiser's repeated blocks, warmed up at load (CUDA).")
+    quantize: Literal["auto", "none", "fp8", "int8"] = Field(
+        "auto", description="Dynamic quantization of the denoiser's linear layers through torchao (fp8: CUDA 8.9+).")
+    attention_backend: str = Field("auto", description="diffusers' attention dispatcher backend, e.g. native, flash.")
+    cache: Literal["auto", "none", "first-block", "taylorseer"] = Field(
+        "auto", description="diffusers' step cache, for many-step models (it trades some detail for speed).")
+    cache_threshold: float = Field(0.08, gt=0, description="First-block cache: relative change below which a step reuses the cache.")
+
+
 class RateLimit(BaseModel):
     """Appendix B of the design card; `None` means unlimited."""
 
@@ -81,6 +97,7 @@ class ModelSpec(BaseModel):
     memory_plan: MemoryPlanName = Field(
         "auto", description="How a replica holds the model: auto (the first plan that fits the card) or a plan name.")
     allow_fp8: bool = Field(True, description="Whether a memory plan may store weights in float8 (slight quality cost).")
+    speedups: SpeedOptions = Field(default_factory=SpeedOptions, description="Compilation, quantization, attention, caching.")
     cpus: float = Field(1, gt=0, description="Logical CPUs a replica holds.")
 
     # selection (appendix A)

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when a builder changes, so old caches are not reused.
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 BUILDERS = {"tiny-flux": "_build_tiny_flux", "tiny-sd": "_build_tiny_sd"}
 
 
@@ -49,7 +49,7 @@ def _build_once(target: Path, marker: str, build) -> Path:
     return target
 
 
-def _clip_tokenizer(max_length: int = 77):
+def clip_tokenizer(max_length: int = 77):
     """A byte-level BPE CLIP tokenizer with no merges: every character is a token."""
     from transformers import CLIPTokenizer
 
@@ -77,7 +77,7 @@ def _byte_alphabet() -> list[str]:
     return [chr(c) for c in codes]
 
 
-def _t5_tokenizer(max_length: int = 64):
+def t5_tokenizer(max_length: int = 64):
     """A Unigram tokenizer shaped like T5's: <pad>=0, </s>=1, <unk>=2, then characters."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import AutoTokenizer
@@ -119,8 +119,8 @@ def _build_tiny_flux():
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    tokenizer = _clip_tokenizer()
-    tokenizer_2 = _t5_tokenizer()
+    tokenizer = clip_tokenizer()
+    tokenizer_2 = t5_tokenizer()
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
@@ -130,8 +130,11 @@ def _build_tiny_flux():
         vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     ))
+    # FLUX's latent geometry: four VAE blocks downsample x8, the pipeline packs 2x2 latents into a
+    # token, so a request's token count is the real model's (4,096 image tokens at 1024x1024)
     vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 4, 4, 4), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
         shift_factor=0.0609, scaling_factor=1.5035,
     )
@@ -146,7 +149,7 @@ def _build_tiny_sd():
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
-    tokenizer = _clip_tokenizer()
+    tokenizer = clip_tokenizer()
     unet = UNet2DConditionModel(
         block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),

@@ -67,6 +67,9 @@ def test_single_image_legacy_interface(tmp_path, monkeypatch):
     else:  # a machine whose card Ray assigned and torch can use
         assert replica["device"].startswith("cuda") and "note" not in replica
     assert report["models"]["tiny-flux"]["load_time_seconds"] > 0
+    # how the replica held and sped up its model, with the reasons for what it did not do
+    assert replica["memory_plan"]["name"] in ("cpu", "declared") and replica["memory_plan"]["reason"]
+    assert set(replica["speed"]["skipped"]) == {"compile", "quantize", "attention_backend", "cache"}
 
 
 def test_three_images_same_model_distinct_seeds(tmp_path, monkeypatch, warm_tiny):

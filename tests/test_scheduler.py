@@ -159,9 +159,10 @@ def test_sequential_explores_variations_then_keeps_the_best(tmp_path):
 
 
 def test_two_models_run_side_by_side(tmp_path):
+    # long enough calls that the two replicas' loads, a second or two apart on a busy machine, still overlap
     registry = scripted_registry(tmp_path, {
-        "one": {"script": {"latency": 0.6}},
-        "two": {"script": {"latency": 0.6}},
+        "one": {"script": {"latency": 2.0}},
+        "two": {"script": {"latency": 2.0}},
     })
     request = make_request(registry, tmp_path, models="one,two", image_count=1, generation_strategy="parallel")
     run_generation(request, registry, quick_limits())

@@ -57,17 +57,6 @@ def test_an_explicit_option_the_device_cannot_use_is_refused_at_load(tiny_models
     assert info.value.code == "IMG_018" and says in info.value.message
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_the_report_records_each_replicas_speed_options(tmp_path, tiny_models, registry):
-    from cluster.run import run_generation
-    from tests.helpers import make_request, quick_limits, read_json
-
-    request = make_request(registry, tmp_path, models="tiny-flux", scorer="none")
-    assert run_generation(request, registry, quick_limits()).exit_code == 0
-    (replica,) = read_json(tmp_path / "out/metadata/generation-report.json")["models"]["tiny-flux"]["replicas"]
-    assert set(replica["speed"]["skipped"]) == {"compile", "quantize", "attention_backend", "cache"}
-
-
 def test_flux_schnell_arch_is_refused_without_a_gpu_before_building(registry):
     import torch
 

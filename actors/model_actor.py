@@ -23,6 +23,7 @@ from pathlib import Path
 import ray
 
 from actors.backends import make_backend
+from actors.coalescing import Coalescer
 from cluster import env
 from cluster.work import CallOptions, FailedImage, GeneratedImage, ImageTask, ReplicaInfo
 from models.registry import ModelSpec
@@ -78,6 +79,9 @@ class ModelWorker:
         self.calls = 0
         self.in_flight = 0
         self.last_used = time.time()
+        # a local replica's queued calls share pipeline calls, up to the batch its memory plan holds
+        batch = memory_plan.batch if memory_plan is not None else spec.max_batch_size
+        self._coalescer = Coalescer(self._run_pipeline, self._cancel_backend, batch) if spec.is_local else None
         if keep_alive_s:
             threading.Thread(target=self._keep_alive, args=(keep_alive_s,), daemon=True).start()
 
@@ -126,6 +130,7 @@ class ModelWorker:
                 "memory_plan": self._plan_record(),
                 "peak_gpu_memory_bytes": getattr(self.backend, "peak_gpu_memory_bytes", None),
                 "in_flight": self.in_flight, "calls": self.calls, "idle_seconds": round(time.time() - self.last_used, 1),
+                "merged_calls": self._coalescer.merged_calls if self._coalescer is not None else 0,
                 "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     @ray.method(concurrency_group=CONTROL)
@@ -138,18 +143,29 @@ class ModelWorker:
         try:
             if self.backend is None:  # a restarted replica reloads on its first call
                 self.load()
-            self._window.acquire()
             self.calls += 1
-            return self.backend.generate(tasks, call_id, options)
+            if self._coalescer is not None:
+                return self._coalescer.submit(tasks, call_id, options)
+            return self._run_pipeline(tasks, call_id, options)
         finally:
             self.in_flight -= 1
             self.last_used = time.time()
 
-    @ray.method(concurrency_group=CONTROL)
-    def cancel(self, call_id: str, code: str = "IMG_003", reason: str = "cancelled") -> None:
+    def _run_pipeline(self, tasks: list[ImageTask], call_id: str, options: CallOptions | None):
+        self._window.acquire()
+        return self.backend.generate(tasks, call_id, options)
+
+    def _cancel_backend(self, call_id: str, code: str, reason: str) -> None:
         cancel = getattr(self.backend, "cancel", None) if self.backend is not None else None
         if cancel is not None:
             cancel(call_id, code, reason)
+
+    @ray.method(concurrency_group=CONTROL)
+    def cancel(self, call_id: str, code: str = "IMG_003", reason: str = "cancelled") -> None:
+        if self._coalescer is not None:
+            self._coalescer.cancel(call_id, code, reason)
+        else:
+            self._cancel_backend(call_id, code, reason)
 
     def _keep_alive(self, keep_alive_s: float) -> None:
         while True:

@@ -115,6 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--stop", action="store_true", help="Also stop the Ray node on this machine (`ray stop`).")
     down.set_defaults(handler=_cluster_down)
 
+    srv = sub.add_parser("serve", help="An OpenAI-compatible image API (Ray Serve) over the warm cluster.",
+                         description="Serve POST /v1/images/generations, GET /v1/models, POST /v1/multi-image and "
+                                     "GET /healthz on Ray Serve, with the same warm replicas as generate.")
+    srv.add_argument("--address", default=None, metavar="VALUE",
+                     help="Ray cluster to join (auto or host:port); default: the cluster running here, else embedded.")
+    srv.add_argument("--host", default="127.0.0.1", metavar="HOST",
+                     help="Address to bind (default 127.0.0.1; any other needs an API key).")
+    srv.add_argument("--port", default="8000", metavar="PORT", help="Port (default 8000).")
+    srv.add_argument("--models", default=None, metavar="IDS", help="Models to load resident before serving.")
+    srv.add_argument("--api-key-env", default=None, metavar="NAME",
+                     help="Environment variable holding the accepted API key(s), comma-separated.")
+    srv.add_argument("--api-key-file", default=None, metavar="FILE", help="File of accepted API keys, one per line.")
+    srv.add_argument("--data-dir", default=None, metavar="DIR",
+                     help="Where request images and multi-image folders go (default ~/.cache/kamui-multi-image/serve).")
+    srv.add_argument("--queue", default="16", metavar="N",
+                     help="Generation requests in progress at once; past it, 429 (default 16).")
+    srv.add_argument("--url-ttl", default="3600", metavar="SECONDS",
+                     help="How long `url` images are kept and served (default 3600).")
+    srv.add_argument("--scorer", default=None, metavar="ID", help="Scorer for requests (default: scoring.yaml's).")
+    srv.add_argument("--config", default=None, metavar="FILE", help="Another models.yaml.")
+    srv.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml.")
+    srv.add_argument("--history-db", default=None, metavar="FILE", help="Run history file.")
+    srv.set_defaults(handler=_serve)
+
     hist = sub.add_parser("history", help="Per-model summary of earlier runs.",
                           description="Per-model summary of earlier runs (most recent 50 runs per model).")
     hist.add_argument("--history-db", default=None, metavar="FILE", help="The history file (default as for generate).")
@@ -221,6 +245,57 @@ def _cluster_up(args: argparse.Namespace) -> int:
     if not report.models and model_ids:
         return 1
     print("use it with: multi-image generate --address auto ...")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cluster import env
+    from cluster.api.app import ServerConfig, digest
+    from cluster.api.server import check_bind, deploy, load_keys, undeploy
+    from cluster.durability.guard import RunGuard, SignalWatch
+    from cluster.limits import load_limits
+    from cluster.ray_runtime import RayRuntime
+    from models.registry import load_registry
+    from models.scorers import load_scoring
+
+    keys = load_keys(args.api_key_env, args.api_key_file)
+    check_bind(args.host, keys)
+    port = _positive_int(args.port, "--port")
+    queue = _positive_int(args.queue, "--queue")
+    ttl = _positive_int(args.url_ttl, "--url-ttl")
+    registry = load_registry(args.config)
+    limits = load_limits(args.limits)
+    scoring = load_scoring()
+    if args.scorer:
+        from cluster.request import parse_scorer
+
+        parse_scorer(args.scorer)
+    model_ids = []
+    if args.models:
+        from cluster.request import parse_models
+
+        model_ids = list(parse_models(args.models, registry))
+    data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else env.cache_dir() / "serve"
+    config = ServerConfig(data_dir=str(data_dir), key_digests=tuple(digest(k) for k in keys), max_queue=queue,
+                          url_ttl_s=float(ttl), scorer=args.scorer, config=str(registry.path),
+                          limits=args.limits, history_db=args.history_db)
+    # a server stopping gets time to let its requests finish
+    guard = RunGuard(deadline_s=30.0, stop_message="stopping the API (signal again to stop at once)")
+    with SignalWatch(guard), RayRuntime(args.address) as runtime:
+        if model_ids:
+            from cluster.warm import bring_up
+
+            report = bring_up(registry, model_ids, scoring, args.scorer, limits)
+            for model, message in report.errors.items():
+                print(f"  {model}: not resident: {message}", file=sys.stderr)
+        url = deploy(config, args.host, port)
+        print(f"serving the OpenAI Images API at {url}/v1 ({'API key required' if keys else 'no API key'}); "
+              f"images under {data_dir}", flush=True)
+        guard.stop.wait()
+        undeploy(stop_serve=runtime.embedded)
+        print("the API stopped", flush=True)
     return 0
 
 

@@ -39,8 +39,10 @@ def exit_status(signum: int | None) -> int:
 
 
 class RunGuard:
-    def __init__(self, deadline_s: float = DEADLINE_S, lost_after_s: float = 4.0):
+    def __init__(self, deadline_s: float = DEADLINE_S, lost_after_s: float = 4.0,
+                 stop_message: str = "stopping: writing what is finished (signal again to write it at once)"):
         self.deadline_s = deadline_s
+        self.stop_message = stop_message
         self.lost_after_s = lost_after_s
         self.stop = threading.Event()  # the run's "stop starting work"
         self.signal: int | None = None
@@ -86,8 +88,7 @@ class RunGuard:
         if self.signal is None:
             self.signal = signum
         self.stop.set()
-        print("[multi-image] stopping: writing what is finished (signal again to write it at once)",
-              file=sys.stderr, flush=True)
+        print(f"[multi-image] {self.stop_message}", file=sys.stderr, flush=True)
         if self.signals == 1:
             self._timer = threading.Timer(self.deadline_s, self._fire_for_signal)
             self._timer.daemon = True

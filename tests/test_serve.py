@@ -1,0 +1,207 @@
+"""`multi-image serve`: the OpenAI Images API on Ray Serve, called with the real `openai` client on
+127.0.0.1, over the session's cluster (tiny-flux resident); and the command itself, started and
+stopped with a signal."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-kamui-test-0123456789abcdef"
+QUEUE = 6
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, tiny_models, tmp_path_factory):
+    from ray import serve
+
+    from cluster.api.app import ServerConfig, digest
+    from cluster.api.server import deploy, undeploy
+    from cluster.limits import load_limits
+    from cluster.warm import bring_down, bring_up
+    from models.registry import load_registry
+    from models.scorers import load_scoring
+
+    data = tmp_path_factory.mktemp("serve-data")
+    bring_up(load_registry(), ["tiny-flux"], load_scoring(), "none", load_limits())
+    config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY),), max_queue=QUEUE, url_ttl_s=600,
+                          scorer="none", history_db=str(data / "history.sqlite"))
+    url = deploy(config, "127.0.0.1", free_port())
+    yield {"url": url, "data": data}
+    undeploy(stop_serve=True)
+    serve.shutdown()
+    bring_down()
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server['url']}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.size
+
+
+def test_b64_images_at_the_requested_size_with_their_metadata(client):
+    from cluster.png import read_parameters
+
+    result = client.images.generate(model="tiny-flux", prompt="a lighthouse at dusk", n=2, size="64x64",
+                                    response_format="b64_json", user="test-user")
+    assert len(result.data) == 2
+    pngs = [base64.b64decode(item.b64_json) for item in result.data]
+    assert [png_size(p) for p in pngs] == [(64, 64), (64, 64)]
+    params = [read_parameters(p) for p in pngs]
+    assert {p["model"] for p in params} == {"tiny-flux"} and params[0]["seed"] != params[1]["seed"]
+
+
+def test_url_images_are_served_by_the_server(client, server):
+    result = client.images.generate(model="tiny-flux", prompt="a fox in the snow", n=1, size="128x64",
+                                    response_format="url")
+    url = result.data[0].url
+    assert url.startswith(server["url"] + "/v1/files/")
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.headers["content-type"] == "image/png" and png_size(response.read()) == (128, 64)
+    request_json = json.loads((server["data"] / "images" / url.split("/")[-2] / "request.json").read_text())
+    assert request_json["size"] == "128x64"
+
+
+def test_errors_arrive_as_the_clients_typed_exceptions_with_the_img_code(client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.images.generate(model="no-such-model", prompt="x")
+    assert missing.value.body["code"] == "IMG_002"
+    with pytest.raises(openai.BadRequestError) as bad_size:
+        client.images.generate(model="tiny-flux", prompt="x", size="100x64")
+    assert bad_size.value.body["code"] == "IMG_017"
+    with pytest.raises(openai.BadRequestError) as too_many:
+        client.images.generate(model="tiny-flux", prompt="x", n=11)
+    assert too_many.value.body["code"] == "IMG_001"
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.images.generate(model="tiny-flux", prompt="   ")
+    assert empty.value.body["code"] == "IMG_009" and "Traceback" not in str(empty.value.body)
+
+
+def test_models_and_health(client, server):
+    ids = {m.id for m in client.models.list()}
+    assert {"tiny-flux", "flux-schnell", "imagen4-fast"} <= ids
+    with urllib.request.urlopen(f"{server['url']}/healthz", timeout=10) as response:
+        assert json.loads(response.read())["status"] == "ok"
+
+
+def test_no_key_a_wrong_key_or_a_key_in_another_header_is_401_and_makes_nothing(server):
+    def post(headers: dict) -> int:
+        body = json.dumps({"model": "tiny-flux", "prompt": "a red fox", "size": "64x64"}).encode()
+        request = urllib.request.Request(f"{server['url']}/v1/images/generations", data=body, method="POST",
+                                         headers={"Content-Type": "application/json", **headers})
+        try:
+            urllib.request.urlopen(request, timeout=30)
+        except urllib.error.HTTPError as exc:
+            assert json.loads(exc.read())["error"]["type"] == "authentication_error"
+            return exc.code
+        return 200
+
+    made = len(list((server["data"] / "images").iterdir()))
+    assert post({}) == 401
+    assert post({"Authorization": "Bearer sk-wrong-key-0123456789"}) == 401
+    assert post({"X-API-Key": KEY}) == 401
+    assert len(list((server["data"] / "images").iterdir())) == made
+
+
+def test_multi_image_endpoint_writes_the_design_cards_layout(server):
+    body = json.dumps({"image-prompt": "a harbour at night", "models": "tiny-flux", "image-count": "2",
+                       "folder-name": "scene-1", "seed": "9"}).encode()
+    request = urllib.request.Request(f"{server['url']}/v1/multi-image", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        result = json.loads(response.read())
+    assert result["report"]["generation_summary"]["successful_generations"] == 2
+    assert result["outputs"]["images-completed"] == "2" and len(result["image_urls"]) == 2
+    folder = server["data"] / "multi-image" / "scene-1"
+    assert (folder / "images/generated-image.png").is_file() and (folder / "metadata/generation-report.json").is_file()
+
+
+def test_32_concurrent_clients_each_get_images_or_a_429_and_the_server_keeps_serving(client):
+    import openai
+    import psutil
+
+    def workers() -> int:
+        return len([p for p in psutil.process_iter(["cmdline"]) if "default_worker.py" in " ".join(p.info["cmdline"] or [])])
+
+    counts = []
+    for _ in range(2):
+        outcomes: list = []
+
+        def call(n: int) -> None:
+            try:
+                result = client.images.generate(model="tiny-flux", prompt=f"a lantern {n}", size="64x64")
+                outcomes.append(len(result.data))
+            except openai.RateLimitError as exc:
+                outcomes.append(exc.body["code"])
+            except Exception as exc:  # noqa: BLE001 - anything else is a failure of the test
+                outcomes.append(repr(exc))
+
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        assert len(outcomes) == 32 and not any(t.is_alive() for t in threads)  # none hung, none lost
+        assert set(outcomes) <= {1, "IMG_006"} and outcomes.count(1) >= QUEUE
+        counts.append(workers())
+    assert client.images.generate(model="tiny-flux", prompt="still serving", size="64x64").data
+    assert counts[1] <= counts[0]  # no growth in workers across rounds
+
+
+def test_the_serve_command_refuses_an_open_bind_without_a_key(capsys):
+    from cluster.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "error IMG_011" in capsys.readouterr().err
+
+
+def test_the_serve_command_starts_reports_its_url_and_stops_on_a_signal(tmp_path, tiny_models):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KAMUI_TEST_KEY": KEY}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--address", "local",
+                                "--api-key-env", "KAMUI_TEST_KEY", "--data-dir", str(tmp_path / "data"),
+                                "--scorer", "none"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        line = process.stdout.readline()
+        assert f"serving the OpenAI Images API at http://127.0.0.1:{port}/v1" in line, process.stderr.read()[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as response:
+            assert json.loads(response.read())["status"] == "ok"
+        os.kill(process.pid, signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0 and "the API stopped" in out, err[-2000:]
+        assert KEY not in out + err  # the key is never printed
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)

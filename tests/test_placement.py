@@ -125,6 +125,7 @@ def test_replica_count_from_images_max_parallel_and_free_gpus():
     assert replica_count(s, images=20, batch_size=2, max_parallel=8, bundle=bundle, nodes=nodes, free=free) == 2
 
 
+@pytest.mark.slow  # a minute and more: `./scripts/test.sh -m slow` (CI runs it after the suite)
 def test_multinode_cluster_spreads_packs_and_fails_fast():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "tests.multinode_check"], cwd=ROOT, env=env,

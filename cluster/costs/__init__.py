@@ -1,0 +1,2 @@
+"""Cost control: what every image costs, local (its share of GPU time) and remote (list price),
+estimates before a run from its history, and budgets the scheduler holds. Pure, no Ray."""

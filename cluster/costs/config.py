@@ -1,0 +1,54 @@
+"""configs/costs.yaml -> `CostConfig`: card prices per hour, the CPU price, remote list prices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cluster.config_files import bundled_config
+from cluster.errors import ImageGenError
+
+DEFAULT_COSTS_FILE = bundled_config("costs.yaml")
+
+
+class CardPrice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str = Field(min_length=1, description="Part of the card's name as CUDA reports it.")
+    gpu_hour_usd: float = Field(ge=0)
+
+
+class CostConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_gpu_hour_usd: float = Field(1.0, ge=0, description="A card no entry of `cards` matches.")
+    cpu_hour_usd: float = Field(0.05, ge=0, description="A replica on CPUs.")
+    cards: tuple[CardPrice, ...] = ()
+    remote: dict[str, float] = Field(default_factory=dict, description="List price per image, by model id.")
+    default_seconds_per_image: float = Field(5.0, gt=0, description="Estimates without history: a local image.")
+    default_load_seconds: float = Field(60.0, ge=0, description="Estimates without history: a cold replica's load.")
+
+    def hour_rate(self, card: str) -> tuple[float, str]:
+        """(USD per hour, what it is) for a replica on `card` ("cpu" or the CUDA device name)."""
+        if not card or card == "cpu":
+            return self.cpu_hour_usd, "CPU"
+        for entry in self.cards:
+            if entry.match.lower() in card.lower():
+                return entry.gpu_hour_usd, card
+        return self.default_gpu_hour_usd, f"{card} (default rate)"
+
+    def list_price(self, model_id: str, fallback: float) -> float:
+        return self.remote.get(model_id, fallback)
+
+
+def load_costs(path: str | Path | None = None) -> CostConfig:
+    path = Path(path) if path else DEFAULT_COSTS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return CostConfig(**raw)
+    except FileNotFoundError:
+        raise ImageGenError("IMG_018", f"cost config {str(path)!r} does not exist.") from None
+    except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
+        raise ImageGenError("IMG_018", f"cost config {str(path)!r}: {' '.join(str(exc).split())[:300]}") from None

@@ -67,6 +67,7 @@ class DiffusersGenerator:
         started = time.perf_counter()
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.card_name = torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"  # what its time costs
         # bf16 on CPU is slow and some ops lack kernels; CPU runs are for tests and demos.
         self.dtype = getattr(torch, spec.dtype) if self.device == "cuda" else torch.float32
         placement: dict = {}

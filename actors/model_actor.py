@@ -109,6 +109,8 @@ class ModelWorker:
                 note=_cpu_note(device, gpu_ids),
                 memory_plan=self._plan_record(),
                 speed=getattr(getattr(self.backend, "speed", None), "as_dict", lambda: None)(),
+                card=getattr(self.backend, "card_name", "") if self.spec.is_local else "",
+                gpu_share=float(context.get_assigned_resources().get("GPU", 0.0)),
             )
             self.last_used = time.time()
         return self.info()

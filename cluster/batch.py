@@ -149,8 +149,10 @@ def finished_report(request: GenerationRequest) -> dict | None:
 
 def run_batch(entries: list[Entry], registry: Registry, limits: Limits, *, events: Events,
               stop: threading.Event | None = None, entries_at_once: int = 2, resident: bool = True,
-              run=None) -> list[EntryResult]:
-    """Run every valid, unfinished entry; results in manifest order."""
+              run=None, budget_usd: float | None = None) -> list[EntryResult]:
+    """Run every valid, unfinished entry; results in manifest order. `budget_usd`: the whole
+    manifest's budget: each entry gets what is left (or its own budget-usd, whichever is less), and
+    an entry that would start with nothing left is skipped."""
     from cluster.run import run_generation
 
     run = run or run_generation
@@ -174,20 +176,41 @@ def run_batch(entries: list[Entry], registry: Registry, limits: Limits, *, event
         todo.append(entry)
     events.emit("batch_started", entries=len(entries), to_run=len(todo), skipped=len(entries) - len(todo))
 
+    spent, reserved = [0.0], [0.0]  # running entries hold their budgets until they report what they spent
+    spending = threading.Lock()
+
     def one(entry: Entry) -> EntryResult:
         if stop.is_set():
             return EntryResult(entry.id, "interrupted", 130, folder=str(entry.request.folder_name),
                                message="not started: the batch was interrupted")
+        request = entry.request
+        held = 0.0
+        if budget_usd is not None:
+            with spending:
+                left = budget_usd - spent[0] - reserved[0]
+                held = min(request.budget_usd if request.budget_usd is not None else left, left)
+                if held > 1e-9:
+                    reserved[0] += held
+            if held <= 1e-9:
+                events.emit("entry_skipped", entry=entry.id, reason="budget")
+                return EntryResult(entry.id, "skipped_budget", 1, codes=["IMG_029"], folder=str(request.folder_name),
+                                   message=f"not started: the manifest's budget (${budget_usd:g}) is spent")
+            request = request.model_copy(update={"budget_usd": held})
         tagged = Events(*[(lambda event, sink=sink: sink({**event, "entry": entry.id})) for sink in events.sinks])
         started = time.monotonic()
         events.emit("entry_started", entry=entry.id)
         try:
-            result = run(entry.request, registry, limits, events=tagged, stop=stop, resident=resident)
+            result = run(request, registry, limits, events=tagged, stop=stop, resident=resident)
         except ImageGenError as exc:  # preflight: disk, credentials, missing weights
+            with spending:
+                reserved[0] -= held
             events.emit("entry_finished", entry=entry.id, status="failed", code=exc.code)
             return EntryResult(entry.id, "failed", exc.exit_status, seconds=time.monotonic() - started,
                                codes=[exc.code], folder=str(entry.request.folder_name), message=exc.message)
         outcome = result.outcome
+        with spending:
+            reserved[0] -= held
+            spent[0] += sum(outcome.costs.values())
         codes = sorted({f.code for f in outcome.failures} | ({outcome.error.code} if outcome.error else set()))
         status = "interrupted" if outcome.stopped == "interrupted" else outcome.status
         events.emit("entry_finished", entry=entry.id, status=status, images=len(outcome.images))

@@ -38,6 +38,8 @@ REQUEST_FLAGS = (
     ("--scorer", "CLIP scorer from configs/scoring.yaml (vit-l-14, tiny-clip) or none (default: vit-l-14)."),
     ("--memory-plan", "How local models are held: auto (the first plan that fits the card; default), resident, "
                       "fp8-storage, model-offload, group-offload or sequential-offload."),
+    ("--budget-usd", "Most the run may spend, in US dollars (local GPU time and remote list prices)."),
+    ("--budget-policy", "degrade (cheaper models, fewer images; default) or refuse a plan estimated over budget."),
 )
 LIMIT_FLAGS = (
     ("--timeout-per-image", "timeout_per_image", "Seconds a generation call may run (default 300)."),
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--address", default=None, metavar="VALUE",
                        help="Ray cluster to join (auto or host:port), or local; default: the cluster running here, else an embedded instance.")
     batch.add_argument("--entries-at-once", default="2", metavar="N", help="Entries running at the same time (default 2).")
+    batch.add_argument("--budget-usd", default=None, metavar="USD",
+                       help="The whole manifest's budget: entries get what is left; none starts once it is spent.")
     batch.add_argument("--config", default=None, metavar="FILE", help="Another models.yaml.")
     batch.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml.")
     batch.add_argument("--scorer", default=None, metavar="ID", help="Scorer for entries that name none.")
@@ -134,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--url-ttl", default="3600", metavar="SECONDS",
                      help="How long `url` images are kept and served (default 3600).")
     srv.add_argument("--scorer", default=None, metavar="ID", help="Scorer for requests (default: scoring.yaml's).")
+    srv.add_argument("--budget-usd-per-key-day", default=None, metavar="USD",
+                     help="What each API key may spend per UTC day; past it, 429 with IMG_029.")
     srv.add_argument("--config", default=None, metavar="FILE", help="Another models.yaml.")
     srv.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml.")
     srv.add_argument("--history-db", default=None, metavar="FILE", help="Run history file.")
@@ -171,6 +177,9 @@ def _batch(args: argparse.Namespace) -> int:
     registry = load_registry(args.config)
     limits = load_limits(args.limits)
     at_once = _positive_int(args.entries_at_once, "--entries-at-once")
+    from cluster.request import parse_budget
+
+    budget = parse_budget(args.budget_usd)
     entries = build_entries(Path(args.manifest), registry, {"scorer": args.scorer})
     import ray
 
@@ -183,6 +192,7 @@ def _batch(args: argparse.Namespace) -> int:
         before = {e["name"] for e in ray.get(registry_actor().entries.remote(), timeout=REGISTRY_TIMEOUT)}
         try:
             results = run_batch(entries, registry, limits, events=events, stop=guard.stop, entries_at_once=at_once,
+                                budget_usd=budget,
                                 run=_with_history(args.history_db))
         finally:
             if runtime.embedded:  # an embedded cluster's warm replicas end with the batch
@@ -254,6 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
     from cluster import env
     from cluster.api.app import ServerConfig, digest
     from cluster.api.server import check_bind, deploy, load_keys, undeploy
+    from cluster.request import parse_budget
     from cluster.durability.guard import RunGuard, SignalWatch
     from cluster.limits import load_limits
     from cluster.ray_runtime import RayRuntime
@@ -280,7 +291,8 @@ def _serve(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else env.cache_dir() / "serve"
     config = ServerConfig(data_dir=str(data_dir), key_digests=tuple(digest(k) for k in keys), max_queue=queue,
                           url_ttl_s=float(ttl), scorer=args.scorer, config=str(registry.path),
-                          limits=args.limits, history_db=args.history_db)
+                          limits=args.limits, history_db=args.history_db,
+                          budget_usd_per_key_day=parse_budget(args.budget_usd_per_key_day))
     # a server stopping gets time to let its requests finish
     guard = RunGuard(deadline_s=30.0, stop_message="stopping the API (signal again to stop at once)")
     with SignalWatch(guard), RayRuntime(args.address) as runtime:
@@ -347,23 +359,32 @@ def _history(args: argparse.Namespace) -> int:
 
     history = History(args.history_db)
     summary = history.summary()
+    months = history.monthly()
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({"models": summary, "months": months}, indent=2))
         return 0
     if not summary:
         print(f"no runs recorded yet in {history.path}")
         return 0
-    header = ("model", "runs", "images", "failed", "success", "s/image", "quality", "cost USD")
+    header = ("model", "runs", "images", "failed", "success", "s/image", "quality", "cost USD", "USD/image")
     rows = [(key, str(r["runs"]), str(r["images"]), str(r["failed"]),
              "—" if r["success_rate"] is None else f"{r['success_rate'] * 100:.0f}%",
              "—" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.2f}",
-             "—" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}", f"{r['cost_usd']:.4f}")
+             "—" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}", f"{r['cost_usd']:.4f}",
+             f"{r['cost_usd'] / r['images']:.4f}" if r["images"] else "—")
             for key, r in summary.items()]
+    _print_table(header, rows)
+    print("\nspending by month")
+    _print_table(("month", "model", "images", "cost USD"),
+                 [(m["month"], m["model"], str(m["images"]), f"{m['cost_usd']:.4f}") for m in months])
+    print(f"\n{history.path}")
+    return 0
+
+
+def _print_table(header: tuple, rows: list[tuple]) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
-    print(f"\n{history.path}")
-    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -433,7 +454,13 @@ def _dry_run(args: argparse.Namespace, request, registry, limits) -> int:
             nodes, where = cluster_nodes(), f"the Ray cluster at {runtime.describe()['address']}"
     else:  # no cluster: this machine, as an embedded run would see it, without starting Ray
         nodes, where = this_machine(), "this machine"
-    result = dry_run(request, counts, registry, limits, nodes, where)
+    from cluster.history import History
+
+    try:
+        past = History(args.history_db).summary()
+    except Exception:  # noqa: BLE001 - a locked or broken history: estimate from defaults
+        past = {}
+    result = dry_run(request, counts, registry, limits, nodes, where, past)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

@@ -70,8 +70,13 @@ def node_kinds(nodes: list[NodeCapacity]) -> list[list[NodeCapacity]]:
 
 
 def dry_run(request: GenerationRequest, plan_models: dict[str, int], registry: Registry, limits: Limits,
-            nodes: list[NodeCapacity], where: str) -> dict:
-    """Per model: weights present, and per node kind the memory plan, bundle and fitting nodes."""
+            nodes: list[NodeCapacity], where: str, history: dict | None = None) -> dict:
+    """Per model: weights present, the estimated time and cost (from `history`, the run history's
+    summary, else list prices and defaults), and per node kind the memory plan, bundle and fitting nodes."""
+    from cluster.costs.budget import estimate
+    from cluster.costs.config import load_costs
+
+    estimates = estimate(plan_models, {s.id: s for s in registry}, history or {}, load_costs())
     models = []
     for model_id, images in plan_models.items():
         spec = registry.get(model_id)
@@ -79,6 +84,7 @@ def dry_run(request: GenerationRequest, plan_models: dict[str, int], registry: R
         present = "weights present" if spec.is_local else "credentials set"
         row: dict = {"model": model_id, "images": images, "local": spec.is_local, "available": check.ok,
                      "availability": check.reason or present}
+        row["estimate"] = estimates[model_id].as_dict()
         if spec.is_local:
             sizes = sizes_for(spec)
             row["sizes_from"] = sizes.source if sizes else "declared gpu_memory_gb"
@@ -87,8 +93,11 @@ def dry_run(request: GenerationRequest, plan_models: dict[str, int], registry: R
         else:
             row["fits"] = True
         models.append(row)
+    total = sum(e.usd for e in estimates.values())
+    budget_ok = request.budget_usd is None or total <= request.budget_usd
     return {"event": "dry_run", "where": where, "cluster": describe(nodes), "images": sum(plan_models.values()),
-            "models": models, "ok": all(m["fits"] for m in models)}
+            "models": models, "estimated_usd": round(total, 6), "budget_usd": request.budget_usd,
+            "within_budget": budget_ok, "ok": all(m["fits"] for m in models)}
 
 
 def _plan_on(spec, kind: list[NodeCapacity], request: GenerationRequest, limits: Limits, sizes) -> dict:
@@ -115,7 +124,10 @@ def _plan_on(spec, kind: list[NodeCapacity], request: GenerationRequest, limits:
 def render(result: dict) -> str:
     lines = [f"dry run on {result['where']}: {result['cluster']}; {result['images']} image(s) planned"]
     for m in result["models"]:
-        lines.append(f"{m['model']}: {m['images']} image(s); {m['availability']}")
+        est = m["estimate"]
+        seconds = f"{est['seconds_per_image']:g} s/image, " if est["seconds_per_image"] else ""
+        lines.append(f"{m['model']}: {m['images']} image(s); {m['availability']}; estimated {seconds}"
+                     f"${est['usd']:.6f} ({est['basis']})")
         for kind in m.get("kinds", []):
             plan = kind["plan"]
             if plan is None:
@@ -124,5 +136,8 @@ def render(result: dict) -> str:
                 lines.append(f"  on {kind['node_kind']}: {plan['label']} ({plan['footprint_gb']:g} GB on the card, "
                              f"{plan['host_gb']:g} GB host, batch {plan['batch']}): {plan['reason']}; "
                              f"places on {', '.join(kind['nodes']) or 'no node'}")
+    budget = f" (budget ${result['budget_usd']:g}: {'within' if result['within_budget'] else 'OVER'})" \
+        if result["budget_usd"] is not None else ""
+    lines.append(f"estimated cost ${result['estimated_usd']:.6f}{budget}")
     lines.append("everything fits" if result["ok"] else "something does not fit (see above)")
     return "\n".join(lines)

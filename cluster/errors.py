@@ -41,6 +41,7 @@ ERROR_CODES: dict[str, tuple[str, int]] = {
     "IMG_026": ("Invalid upload URI", 2),
     "IMG_027": ("Unknown scorer", 2),
     "IMG_028": ("Invalid memory plan", 2),
+    "IMG_029": ("Over budget", 2),
 }
 
 

@@ -120,6 +120,19 @@ class History:
             }
         return result
 
+    def monthly(self) -> list[dict]:
+        """Spending by calendar month (UTC) and model: images made and what they cost."""
+        if not self.path.exists():
+            return []
+        query = """
+            SELECT strftime('%Y-%m', r.finished_at, 'unixepoch') AS month, m.model, SUM(m.images), SUM(m.cost_usd)
+            FROM model_outcomes m JOIN runs r USING (run_id) GROUP BY month, m.model ORDER BY month, m.model
+        """
+        with closing(self._connect()) as db:
+            rows = db.execute(query).fetchall()
+        return [{"month": month, "model": model, "images": images, "cost_usd": round(cost or 0.0, 6)}
+                for month, model, images, cost in rows]
+
     def score(self, model: str) -> float | None:
         """For the smart strategy: success rate x mean quality over recent real-weight runs."""
         row = self.summary().get(model)

@@ -66,6 +66,7 @@ class RunOutcome:
     upload: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)  # per-model summary of earlier runs (cluster.history)
     resumed: dict | None = None  # what an interrupted earlier run of this request left and this one kept
+    cost: dict = field(default_factory=dict)  # cluster.costs.pricing.cost_section: per image, model and run
 
     @property
     def completed(self) -> bool:
@@ -142,7 +143,11 @@ def model_comparison(outcome: RunOutcome) -> dict[str, Any]:
             "mean_quality": round(statistics.fmean(scores), 4) if scores else None,
             "quality_spread": round(statistics.pstdev(scores), 4) if len(scores) > 1 else (0.0 if scores else None),
             "mean_seconds_per_image": round(statistics.fmean(seconds), 3) if seconds else None,
-            "cost_usd": round(outcome.costs.get(model, 0.0), 4),
+            "cost_usd": round(outcome.costs.get(model, 0.0), 6),
+            "cost_per_image_usd": round(outcome.costs.get(model, 0.0) / len(finals), 6) if finals else None,
+            # quality points per dollar: which model gives most for the money (None: it cost nothing)
+            "quality_per_usd": round(statistics.fmean(scores) / (outcome.costs[model] / len(finals)), 2)
+            if scores and outcome.costs.get(model) else None,
         }
     with_images = {m: v for m, v in per_model.items() if v["images"]}
 
@@ -238,7 +243,8 @@ def generation_report(outcome: RunOutcome, file_sizes: dict[int, int], report_pa
         },
         "degradations": outcome.degradations,
         "upload": outcome.upload or None,
-        "cost_usd": round(sum(outcome.costs.values()), 4),
+        "cost_usd": round(sum(outcome.costs.values()), 6),
+        "cost": outcome.cost or None,
         "cluster": outcome.cluster,
         "resumed": outcome.resumed,
         "metrics": outcome.metrics,
@@ -283,15 +289,23 @@ def comparison_markdown(outcome: RunOutcome, comparison: dict[str, Any]) -> str:
         f"- Fastest: **{comparison['fastest_model'] or '—'}**",
         f"- Most consistent: **{comparison['most_consistent_model'] or '—'}**",
         "",
-        "| Model | Images | Failed | Mean quality | Spread | Seconds / image | Success rate | Cost (USD) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| Model | Images | Failed | Mean quality | Spread | Seconds / image | Success rate | Cost (USD) | "
+        "Cost / image (USD) | Quality per USD |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, row in comparison["per_model"].items():
+        per_image = "—" if row["cost_per_image_usd"] is None else f"{row['cost_per_image_usd']:.6f}"
         lines.append(
             f"| {model} | {row['images']} | {row['failed']} | {_num(row['mean_quality'])} | "
             f"{_num(row['quality_spread'])} | {_num(row['mean_seconds_per_image'])} | "
-            f"{_pct(row['success_rate'])} | {row['cost_usd']:.4f} |"
+            f"{_pct(row['success_rate'])} | {row['cost_usd']:.6f} | {per_image} | "
+            f"{'—' if row['quality_per_usd'] is None else row['quality_per_usd']} |"
         )
+    alternatives = (outcome.cost or {}).get("same_images_on") or {}
+    if alternatives and outcome.images:
+        lines += ["", f"The same {len(outcome.images)} image(s) on each remote model (list prices): "
+                  + ", ".join(f"{m} ${usd:.4f}" for m, usd in alternatives.items())
+                  + f"; this run: ${sum(outcome.costs.values()):.6f}."]
     if outcome.images:
         lines += ["", "## Images", "", "| # | File | Model | Seed | Variation | Quality | Tier |", "|---:|---|---|---:|---|---:|---|"]
         for f in outcome.images:

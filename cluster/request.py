@@ -56,6 +56,9 @@ class GenerationRequest(BaseModel):
     scorer: str | None = Field(None, description="CLIP scorer id from configs/scoring.yaml, or none; None: its default.")
     memory_plan: str | None = Field(None, description="A memory plan for every local model; None: each model's own.")
     no_resume: bool = Field(False, description="Discard an interrupted earlier run's journal instead of resuming it.")
+    budget_usd: float | None = Field(None, gt=0, description="Most the run may spend, in US dollars.")
+    budget_policy: Literal["degrade", "refuse"] = Field("degrade", description="A plan estimated over budget is "
+                                                        "degraded (cheaper models, fewer images) or refused.")
     debug: bool = False
 
     @property
@@ -102,6 +105,8 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         "signed_urls": None if not (get("signed_urls") or "").strip()
         else parse_bool_flag(get("signed_urls"), flag="--signed-urls", code="IMG_026"),
         "no_resume": parse_bool_flag(get("no_resume"), flag="--no-resume", code="IMG_011"),
+        "budget_usd": parse_budget(get("budget_usd")),
+        "budget_policy": parse_budget_policy(get("budget_policy")),
         "debug": parse_bool_flag(get("debug"), flag="--debug", code="IMG_011"),
     }
     return GenerationRequest(**fields)
@@ -167,6 +172,26 @@ def parse_scorer(value: str | None) -> str | None:
     if name != NO_SCORER:
         load_scoring().get(name)  # IMG_027 for an unknown id
     return name
+
+
+def parse_budget(value: str | None) -> float | None:
+    if value is None or not value.strip():
+        return None
+    text = value.strip().lstrip("$")
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = -1.0
+    if not (budget > 0 and budget < 1e9):
+        raise ImageGenError("IMG_029", f"--budget-usd {value!r} must be a positive amount of US dollars, e.g. 0.50.")
+    return budget
+
+
+def parse_budget_policy(value: str | None) -> str:
+    text = (value or "").strip().lower() or "degrade"
+    if text not in ("degrade", "refuse"):
+        raise ImageGenError("IMG_029", f"--budget-policy {value!r} must be degrade or refuse.")
+    return text
 
 
 def parse_memory_plan(value: str | None) -> str | None:

@@ -22,6 +22,9 @@ from cluster import env
 from cluster.errors import ImageGenError, describe_exception
 from cluster.durability.guard import RunGuard
 from cluster.durability.journal import Resumed, RunJournal, request_key
+from cluster.costs.budget import BudgetTracker, estimate, fit
+from cluster.costs.config import CostConfig, load_costs
+from cluster.costs.pricing import cost_section, image_costs, remote_alternatives
 from cluster.events import Events
 from cluster.gallery import render_gallery
 from cluster.github_output import append_outputs
@@ -87,6 +90,7 @@ def run_generation(
     history: History | None = None,
     resident: bool | None = None,
     guard: RunGuard | None = None,
+    costs: CostConfig | None = None,
 ) -> RunResult:
     """`resident`: use the cluster's warm replicas and leave them running (default: when the run
     joins a cluster with --address; an embedded instance ends with the run anyway). `guard`: writes
@@ -108,6 +112,7 @@ def run_generation(
         plan = _resumed_plan(resumed, request, registry)
     else:
         plan = make_plan(request, registry, history=_safe(history.score), base_seed=base_seed)
+    tracker, budget_note = _budget(request, registry, plan, history, costs)
     free_bytes = check_disk_space(
         request.folder_name,
         estimate_bytes([t.width * t.height for t in plan.tasks]),
@@ -148,7 +153,7 @@ def run_generation(
                                                limits=limits, start=False)
             try:
                 schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop, started,
-                                     journal, resumed)
+                                     journal, resumed, tracker)
                 replicas = pool.collect_infos()
                 cluster_info["nodes"] = len(pool.nodes)
             finally:
@@ -183,10 +188,17 @@ def run_generation(
     if len(scores) != len(schedule.images):  # the scorer could not run (e.g. Ray went away)
         fallback = WeightFreeScorer(scorer_failure or "the scoring stage did not complete")
         scores, scorer_info = fallback.score(schedule.images), fallback.describe()
+    if budget_note is not None:
+        schedule.degradations.insert(0, budget_note)
     outcome = _outcome(request, plan, schedule, scores, scorer_info, replicas, error, started, started_at,
                        cluster_info)
     outcome.model_weights = {spec.id: spec.weights for spec in registry}
     outcome.resumed = resumed.summary() if resumed is not None else None
+    _price(outcome, registry, replicas, costs)
+    if tracker is not None:
+        outcome.cost["budget"] = {"budget_usd": request.budget_usd, "policy": request.budget_policy,
+                                  "spent_usd_as_estimated": round(tracker.spent, 6),
+                                  "estimates": {m: e.as_dict() for m, e in tracker.estimates.items()}}
     events.emit("scored", images=len(outcome.images), primary=outcome.primary)
     outcome.history = _safe(history.summary)() or {}
     outcome.metrics = run_metrics(outcome, schedule.max_in_flight, schedule.calls,
@@ -225,7 +237,7 @@ def _journal_key_fields(request: GenerationRequest, registry: Registry) -> dict:
     return {"prompt": request.image_prompt, "models": request.models_input, "count": request.image_count,
             "strategy": request.generation_strategy, "comparison": request.enable_comparison, "seed": request.seed,
             "size": [request.width, request.height], "steps": request.steps, "memory_plan": request.memory_plan,
-            "config": config}
+            "budget": [request.budget_usd, request.budget_policy], "config": config}
 
 
 def _resumed_plan(resumed: Resumed, request: GenerationRequest, registry: Registry) -> Plan:
@@ -270,6 +282,7 @@ def _write_from_journal(request, registry, plan, journal, code, message, started
                        {"address": request.address or "embedded", "notes": [message]})
     outcome.model_weights = {spec.id: spec.weights for spec in registry}
     outcome.resumed = resumed.summary() if resumed is not None else None
+    outcome.cost = {"note": "not priced: the run stopped before its replicas reported their time and cards"}
     written = write_run(outcome, gallery=render_gallery)
     journal.close()  # kept: the same request run again makes only what is missing
     outputs = step_outputs(outcome, written)
@@ -278,6 +291,43 @@ def _write_from_journal(request, registry, plan, journal, code, message, started
         append_outputs(github_output, outputs)
     print(f"{outcome.status}: {len(outcome.images)}/{outcome.planned_total} images -> {outcome.folder_display} "
           f"(error {code}; report: {outputs['generation-report']})", file=sys.stderr, flush=True)
+
+
+def _budget(request, registry: Registry, plan: Plan, history: History, config: CostConfig | None):
+    """With --budget-usd: the plan priced (history, else list prices and defaults), refused or
+    degraded when over, and the tracker the scheduler holds spending with. (None, None) without."""
+    if request.budget_usd is None:
+        return None, None
+    config = config or load_costs()
+    specs = {s.id: s for s in registry}
+    counts = _planned_counts(plan)
+    past = _safe(history.summary)() or {}
+    estimates = estimate(counts, specs, past, config)
+    tasks, degradation = fit(plan.tasks, estimates, request.budget_usd, request.budget_policy,
+                             lambda task, model: retarget(task, specs[model], request))
+    if degradation is not None:
+        plan.tasks = sorted(tasks, key=lambda t: t.index)
+        plan.models = list(dict.fromkeys(t.model for t in plan.tasks))
+        plan.specs = {m: specs[m] for m in plan.models}
+    # every model the run may reach (fallbacks too) is priced, so no call of any crosses the budget
+    reachable = {s.id: 1 for s in _fallback_specs(plan, registry)} | {m: 1 for m in plan.models}
+    tracker = BudgetTracker(request.budget_usd, estimate(reachable, specs, past, config))
+    tracker.estimates = {m: e for m, e in estimate(_planned_counts(plan), specs, past, config).items()}
+    return tracker, degradation
+
+
+def _price(outcome: RunOutcome, registry: Registry, replicas: dict, config: CostConfig | None) -> None:
+    """Each image's cost (its share of GPU time, or its list price), per model and for the run."""
+    config = config or load_costs()
+    images = [f.image for f in outcome.images]
+    specs = {s.id: s for s in registry}
+    costs = image_costs(images, replicas, specs, config)
+    outcome.costs = {}
+    for cost in costs:
+        outcome.costs[cost.model] = outcome.costs.get(cost.model, 0.0) + cost.usd
+    # what the same images would have cost on each remote model this machine could use
+    usable = [s for s in registry if not s.is_local and availability.check(s).ok]
+    outcome.cost = cost_section(costs, remote_alternatives(usable, config), len(images))
 
 
 def _safe(fn):
@@ -342,7 +392,8 @@ def _upload(outcome: RunOutcome, config: UploadConfig, events: Events) -> None:
 
 
 def _schedule(request, registry, limits, plan, pool, scorer, events, stop, started: float,
-              journal: RunJournal | None = None, resumed: Resumed | None = None) -> ScheduleResult:
+              journal: RunJournal | None = None, resumed: Resumed | None = None,
+              budget: BudgetTracker | None = None) -> ScheduleResult:
     fallback_specs = _fallback_specs(plan, registry)
     specs = {**{s.id: s for s in fallback_specs}, **plan.specs}
     scheduler = Scheduler(
@@ -355,6 +406,7 @@ def _schedule(request, registry, limits, plan, pool, scorer, events, stop, start
         planned=_planned_counts(plan, resumed),
         after_placement=scorer.start,
         on_image=journal.record if journal is not None else None,
+        budget=budget,
     )
     kept = resumed.images if resumed is not None else []
     done = {image.task.index for image in kept}
@@ -404,11 +456,6 @@ def _outcome(request, plan, schedule: ScheduleResult, scores: list[QualityScore]
                 "threshold": request.quality_threshold, "relaxed_to": round(effective, 4), "code": "IMG_004",
             })
     primary = max(range(len(finals)), key=lambda i: (finals[i].quality.overall, -i)) if finals else None
-    costs: dict[str, float] = {}
-    for image in images:
-        spec = plan.specs.get(image.task.model)
-        if spec is not None:
-            costs[spec.id] = costs.get(spec.id, 0.0) + spec.cost_per_image_usd
     return RunOutcome(
         request=request,
         plan_models=list(plan.models),
@@ -429,7 +476,6 @@ def _outcome(request, plan, schedule: ScheduleResult, scores: list[QualityScore]
         error=error,
         stopped=schedule.stopped,
         cluster=cluster_info,
-        costs=costs,
         folder_display=display_path(request.folder_name),
     )
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.costs.budget import BudgetTracker
 from cluster.errors import ImageGenError, as_image_error, describe_exception
 from cluster.events import Events
 from cluster.limits import Limits
@@ -87,6 +88,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         after_placement: Callable[[], None] | None = None,
         on_image: Callable[[GeneratedImage], None] | None = None,
+        budget: BudgetTracker | None = None,
     ):
         """`after_placement`: called once, when the first tasks' models hold their placement
         groups (the run starts its scorer then, so the scorer never takes a card before them).
@@ -117,6 +119,7 @@ class Scheduler:
         self.planned = dict(planned or {})
         self._after_placement = after_placement
         self._on_image = on_image
+        self.budget = budget
 
     # --- entry point ----------------------------------------------------------------
 
@@ -219,12 +222,18 @@ class Scheduler:
         if replica is None:
             return False
         batch = self._take_batch(group, ready_states)
+        if self.budget is not None:
+            batch = self._within_budget(model, batch)
+            if not batch:
+                return True  # its images were refused: the queue changed
         call_id = uuid.uuid4().hex[:12]
         tasks = [s.task for s in batch]
         budget = self.limits.perf.timeout_per_image
         shrink = 2 ** min(MAX_TIMEOUT_HALVINGS, max(s.network_failures for s in batch))
         options = CallOptions(budget_s=budget, request_timeout_s=group.spec.request_timeout_s / shrink)
         ref = replica.actor.generate.remote(tasks, call_id, options)
+        if self.budget is not None:
+            self.budget.start(model, len(tasks))
         replica.in_flight += 1
         gate.started(now)
         # A resident replica may be busy with another run's call first; it holds the exact budget
@@ -237,6 +246,22 @@ class Scheduler:
         self.events.emit("call_started", model=model, replica=replica.name, images=len(tasks),
                          indices=[t.index for t in tasks], in_flight=len(self.calls), queued=self._queued())
         return True
+
+    def _within_budget(self, model: str, batch: list[TaskState]) -> list[TaskState]:
+        """The part of `batch` the budget still pays for; the rest fails with IMG_029, said once."""
+        affordable = self.budget.affordable(model, len(batch))
+        if affordable == len(batch):
+            return batch
+        reason = (f"not started: it would cross --budget-usd ${self.budget.budget:g} (about "
+                  f"${self.budget.spent + self.budget.reserved:.6f} spent or running, ${self.budget.price(model):.6f} "
+                  f"per image of {model})")
+        for state in batch[affordable:]:
+            self._fail(state, "IMG_029", reason)
+        if not any(d.get("strategy") == "budget_stop" for d in self.result.degradations):
+            self.result.degradations.append({"strategy": "budget_stop", "trigger": "spending reached --budget-usd",
+                                             "budget_usd": self.budget.budget, "code": "IMG_029"})
+            self.events.emit("budget_reached", model=model, budget_usd=self.budget.budget)
+        return batch[:affordable]
 
     def _pick_replica(self, group: ModelGroup) -> Replica | None:
         ready = group.ready
@@ -337,8 +362,12 @@ class Scheduler:
         try:
             results: list[GeneratedImage | FailedImage] = ray.get(call.ref)
         except Exception as exc:  # noqa: BLE001 - every failure is classified below
+            if self.budget is not None:
+                self.budget.finish(call.model, len(call.states), 0)
             self._call_failed(call, exc, elapsed)
             return
+        if self.budget is not None:
+            self.budget.finish(call.model, len(call.states), sum(isinstance(r, GeneratedImage) for r in results))
         for state, image in zip(call.states, results):
             if isinstance(image, FailedImage):  # this task failed inside an otherwise good call
                 state.attempts.append(Attempt(call.model, call.replica.name, round(elapsed, 3), image.code, image.message))
@@ -455,6 +484,8 @@ class Scheduler:
 
     def _finish_abandoned(self, call: Call, now: float) -> None:
         call.replica.in_flight = max(0, call.replica.in_flight - 1)
+        if self.budget is not None:
+            self.budget.finish(call.model, len(call.states), 0)
         self.gates[call.model].finished()
         self._call_failed(call, RuntimeError("abandoned after cancel and restart"), now - call.started)
 

@@ -177,4 +177,4 @@ def test_history_command_prints_a_table(registry, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tiny-flux (random weights)" in out and "100%" in out
     assert main(["history", "--history-db", str(db), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["tiny-flux (random weights)"]["images"] == 2
+    assert json.loads(capsys.readouterr().out)["models"]["tiny-flux (random weights)"]["images"] == 2

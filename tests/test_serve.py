@@ -205,3 +205,20 @@ def test_the_serve_command_starts_reports_its_url_and_stops_on_a_signal(tmp_path
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_per_key_daily_budget_caps_each_key():
+    from cluster.api.app import KeyBudgets
+    from cluster.errors import ImageGenError
+
+    budgets = KeyBudgets(0.05)
+    slot, left = budgets.left("key-one-0123456789abcdef")
+    assert left == 0.05  # the run may spend what the key has left today
+    budgets.charge(slot, 0.04)
+    assert budgets.left("key-one-0123456789abcdef")[1] == pytest.approx(0.01)
+    budgets.charge(slot, 0.01)
+    with pytest.raises(ImageGenError) as spent:
+        budgets.left("key-one-0123456789abcdef")
+    assert spent.value.code == "IMG_029"
+    assert budgets.left("key-two-0123456789abcdef")[1] == 0.05  # another key's day is its own
+    assert KEY not in repr(budgets._spent)  # kept by digest, never the key

@@ -42,6 +42,7 @@ class ServerConfig:
     config: str | None = None
     limits: str | None = None
     history_db: str | None = None
+    budget_usd_per_key_day: float | None = None  # what each API key may spend per UTC day
 
 
 def digest(key: str) -> str:
@@ -66,6 +67,28 @@ class KeyCheck:
         return None
 
 
+class KeyBudgets:
+    """What each API key may still spend today (UTC), over this server's life."""
+
+    def __init__(self, per_day_usd: float):
+        self.per_day_usd = per_day_usd
+        self._spent: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def left(self, key: str) -> tuple[tuple[str, str], float]:
+        """(the key's slot today, what it has left); IMG_029 when nothing is."""
+        slot = (digest(key) if key else "anonymous", time.strftime("%Y-%m-%d", time.gmtime()))
+        with self._lock:
+            left = self.per_day_usd - self._spent.get(slot, 0.0)
+        if left <= 1e-9:
+            raise ImageGenError("IMG_029", f"this API key's budget for today (${self.per_day_usd:g}) is spent.")
+        return slot, left
+
+    def charge(self, slot: tuple[str, str], usd: float) -> None:
+        with self._lock:
+            self._spent[slot] = self._spent.get(slot, 0.0) + usd
+
+
 def error_response(error: ImageGenError, param: str | None = None, status: int | None = None) -> JSONResponse:
     status = status or status_for(error)
     return JSONResponse(envelope(error, param, status), status_code=status)
@@ -86,6 +109,8 @@ class ImageAPI:
         (self.data / "images").mkdir(parents=True, exist_ok=True)
         self._busy = 0
         self._lock = threading.Lock()
+        limit = config.budget_usd_per_key_day
+        self.budgets = KeyBudgets(limit) if limit is not None else None
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -123,7 +148,26 @@ class ImageAPI:
         return run_generation(request, self.registry, self.limits, events=Events(), resident=True,
                               history=History(self.config.history_db))
 
-    async def _generate(self, raw: dict):
+    def _budget(self, request: Request, raw: dict) -> tuple[str, str] | None:
+        """With a per-key daily budget: what this key has left today becomes the run's budget."""
+        if self.budgets is None:
+            return None
+        key = request.headers.get("authorization", "").partition(" ")[2].strip()
+        slot, left = self.budgets.left(key)
+        raw["budget_usd"] = f"{left:.6f}"
+        return slot
+
+    def _charge(self, slot, result) -> None:
+        if slot is not None:
+            self.budgets.charge(slot, sum(result.outcome.costs.values()))
+
+    async def _generate(self, raw: dict, request: Request | None = None):
+        slot = self._budget(request, raw) if request is not None else None
+        result = await self._generate_now(raw)
+        self._charge(slot, result)
+        return result
+
+    async def _generate_now(self, raw: dict):
         if not self._admit():
             raise ImageGenError("IMG_006", f"the server is busy ({self.config.max_queue} requests in progress); "
                                            "retry shortly.")
@@ -182,7 +226,7 @@ class ImageAPI:
             self._sweep()
             request_id = uuid.uuid4().hex
             folder = self.data / "images" / request_id
-            result = await self._generate(raw_inputs(body, str(folder), self.config.scorer))
+            result = await self._generate(raw_inputs(body, str(folder), self.config.scorer), request)
             outcome = result.outcome
             if not outcome.images:
                 raise outcome.error or ImageGenError("IMG_020", "no image was made.")
@@ -211,7 +255,7 @@ class ImageAPI:
             if not name or "/" in name or name.startswith(".") or len(name) > 128:
                 raise ImageGenError("IMG_016", "folder-name must be one plain folder name (no '/', not hidden).")
             folder = self.data / "multi-image" / name
-            result = await self._generate(multi_image_inputs(body, str(folder), self.config.scorer))
+            result = await self._generate(multi_image_inputs(body, str(folder), self.config.scorer), request)
             base = str(request.base_url).rstrip("/")
             return {"report": result.written.report, "outputs": result.outputs,
                     "image_urls": [f"{base}/v1/multi-image/{name}/images/{f.filename}" for f in result.outcome.images]}

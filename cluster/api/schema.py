@@ -22,7 +22,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 # IMG code -> HTTP status (anything not listed: by its exit status, 2 -> 400, else 500)
 STATUS = {"IMG_002": 404, "IMG_003": 504, "IMG_006": 429, "IMG_007": 502, "IMG_008": 502, "IMG_010": 503,
-          "IMG_019": 503, "IMG_021": 503, "IMG_005": 507}
+          "IMG_019": 503, "IMG_021": 503, "IMG_005": 507, "IMG_029": 429}
 
 
 class ImagesRequest(BaseModel):

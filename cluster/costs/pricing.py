@@ -43,7 +43,8 @@ def image_costs(images, replicas: dict, specs: dict, config: CostConfig) -> list
         info = infos.get((model, image.replica))
         card = getattr(info, "card", "") or "cpu"
         rate, what = config.hour_rate(card)
-        share = getattr(info, "gpu_share", 0.0) or 1.0
+        # a card's fraction prices GPU time; a replica running on the CPU (a logical GPU, tests) pays its CPU-seconds
+        share = (getattr(info, "gpu_share", 0.0) or 1.0) if what != "CPU" else 1.0
         load = (info.load_seconds / made[(model, image.replica)]) if info is not None and not info.warm else 0.0
         seconds = image.seconds + load
         unit = "CPU-s" if what == "CPU" else "GPU-s"
@@ -64,9 +65,10 @@ def cost_section(costs: list[ImageCost], alternatives: dict[str, float], images:
     for model, row in per_model.items():
         row["usd"] = round(row["usd"], 6)
         row["usd_per_image"] = round(row["usd"] / row["images"], 6)
-        row["basis"] = next(c.basis.split(" (")[0] if "GPU" not in c.basis and "CPU" not in c.basis
-                            else "GPU-seconds x card fraction x hourly rate"
-                            for c in costs if c.model == model)
+        first = next(c for c in costs if c.model == model)
+        row["basis"] = ("list price" if first.seconds is None else
+                        "CPU-seconds x hourly rate" if "CPU-s" in first.basis else
+                        "GPU-seconds x card fraction x hourly rate")
     total = round(sum(c.usd for c in costs), 6)
     return {
         "total_usd": total,

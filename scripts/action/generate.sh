@@ -24,6 +24,7 @@ optional --address "${INPUT_RAY_ADDRESS-}"
 optional --upload-uri "${INPUT_UPLOAD_URI-}"
 optional --config "${INPUT_CONFIG-}"
 optional --scorer "${INPUT_SCORER-}"
+optional --budget-usd "${INPUT_BUDGET_USD-}"
 
 # folder-name (and config) are relative to the workspace, as in the legacy step
 cd "${GITHUB_WORKSPACE:-.}"

@@ -44,9 +44,24 @@ def aspect_ratio(width: int, height: int, supported: tuple[str, ...]) -> str:
     return min(supported, key=distance)
 
 
+def vertex_client(creds: env.GoogleCredentials, timeout_s: float, label: str):
+    """A google-genai client in Vertex AI mode; IMG_007 when the credentials cannot make one. The
+    endpoint override is passed as HttpOptions: the SDK ignores the variable when a key is set."""
+    from google import genai
+    from google.genai import types
+
+    http_options = types.HttpOptions(base_url=creds.base_url, timeout=int(timeout_s * 1000),
+                                     retry_options=types.HttpRetryOptions(attempts=1))
+    try:
+        if creds.api_key:
+            return genai.Client(vertexai=True, api_key=creds.api_key, http_options=http_options)
+        return genai.Client(vertexai=True, project=creds.project, location=creds.location, http_options=http_options)
+    except Exception as exc:  # noqa: BLE001 - e.g. ADC that cannot be loaded
+        raise ImageGenError("IMG_007", creds.redact(f"{label}: {type(exc).__name__}: {exc}")) from None
+
+
 class GoogleImageGenerator:
     def __init__(self, spec: ModelSpec, replica: str = "", credentials: env.GoogleCredentials | None = None):
-        from google import genai
         from google.genai import types
 
         started = time.perf_counter()
@@ -62,19 +77,7 @@ class GoogleImageGenerator:
                 "IMG_007", f"model {spec.id!r}: no Google credentials on this node: set GOOGLE_API_KEY, or "
                 "GOOGLE_CLOUD_PROJECT with Application Default Credentials.",
             )
-        http_options = types.HttpOptions(
-            base_url=creds.base_url,
-            timeout=int(spec.request_timeout_s * 1000),
-            retry_options=types.HttpRetryOptions(attempts=1),
-        )
-        try:
-            if creds.api_key:
-                self.client = genai.Client(vertexai=True, api_key=creds.api_key, http_options=http_options)
-            else:
-                self.client = genai.Client(vertexai=True, project=creds.project, location=creds.location,
-                                           http_options=http_options)
-        except Exception as exc:  # noqa: BLE001 - e.g. ADC that cannot be loaded
-            raise ImageGenError("IMG_007", self._redact(f"model {spec.id!r}: {type(exc).__name__}: {exc}")) from None
+        self.client = vertex_client(creds, spec.request_timeout_s, f"model {spec.id!r}")
         self.load_seconds = time.perf_counter() - started
 
     def generate(self, tasks: list[ImageTask], call_id: str = "",

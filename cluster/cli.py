@@ -40,6 +40,8 @@ REQUEST_FLAGS = (
                       "fp8-storage, model-offload, group-offload or sequential-offload."),
     ("--budget-usd", "Most the run may spend, in US dollars (local GPU time and remote list prices)."),
     ("--budget-policy", "degrade (cheaper models, fewer images; default) or refuse a plan estimated over budget."),
+    ("--translate", "auto (default), off, required, or a translator id: English for models that cannot read the "
+                    "prompt's language."),
 )
 LIMIT_FLAGS = (
     ("--timeout-per-image", "timeout_per_image", "Seconds a generation call may run (default 300)."),

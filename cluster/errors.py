@@ -42,6 +42,7 @@ ERROR_CODES: dict[str, tuple[str, int]] = {
     "IMG_027": ("Unknown scorer", 2),
     "IMG_028": ("Invalid memory plan", 2),
     "IMG_029": ("Over budget", 2),
+    "IMG_030": ("Translation unavailable", 2),
 }
 
 

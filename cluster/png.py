@@ -26,6 +26,9 @@ def task_metadata(task: ImageTask, model_source: str | None = None) -> dict[str,
     }
     if model_source:
         params["model_source"] = model_source
+    if task.language:  # a prompt not in English: what the user wrote and what the model received
+        params.update(original_prompt=task.original_prompt or task.prompt, language=task.language,
+                      translator=task.translator or None)
     text = {k: "" if v is None else str(v) for k, v in params.items()}
     text["size"] = f"{task.width}x{task.height}"
     text[PARAMETERS_KEY] = json.dumps(params, ensure_ascii=False, sort_keys=True)

@@ -67,6 +67,7 @@ class RunOutcome:
     history: dict = field(default_factory=dict)  # per-model summary of earlier runs (cluster.history)
     resumed: dict | None = None  # what an interrupted earlier run of this request left and this one kept
     cost: dict = field(default_factory=dict)  # cluster.costs.pricing.cost_section: per image, model and run
+    translation: dict | None = None  # the prompt's language and its translation (cluster.language.stage)
 
     @property
     def completed(self) -> bool:
@@ -108,6 +109,8 @@ def image_entry(final: FinalImage, file_size: int) -> dict[str, Any]:
         # extensions
         "planned_index": task.index,
         "prompt": task.prompt,
+        **({"original_prompt": task.original_prompt or task.prompt, "prompt_language": task.language,
+            "prompt_received": task.prompt, "translator": task.translator or None} if task.language else {}),
         "seed": task.seed,
         "steps": task.steps,
         "guidance": task.guidance,
@@ -245,6 +248,7 @@ def generation_report(outcome: RunOutcome, file_sizes: dict[int, int], report_pa
         "upload": outcome.upload or None,
         "cost_usd": round(sum(outcome.costs.values()), 6),
         "cost": outcome.cost or None,
+        "prompt_language": outcome.translation,
         "cluster": outcome.cluster,
         "resumed": outcome.resumed,
         "metrics": outcome.metrics,

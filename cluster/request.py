@@ -59,6 +59,7 @@ class GenerationRequest(BaseModel):
     budget_usd: float | None = Field(None, gt=0, description="Most the run may spend, in US dollars.")
     budget_policy: Literal["degrade", "refuse"] = Field("degrade", description="A plan estimated over budget is "
                                                         "degraded (cheaper models, fewer images) or refused.")
+    translate: str = Field("auto", description="auto, off, required, or a translator id of configs/translation.yaml.")
     debug: bool = False
 
     @property
@@ -107,6 +108,7 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         "no_resume": parse_bool_flag(get("no_resume"), flag="--no-resume", code="IMG_011"),
         "budget_usd": parse_budget(get("budget_usd")),
         "budget_policy": parse_budget_policy(get("budget_policy")),
+        "translate": parse_translate(get("translate")),
         "debug": parse_bool_flag(get("debug"), flag="--debug", code="IMG_011"),
     }
     return GenerationRequest(**fields)
@@ -191,6 +193,15 @@ def parse_budget_policy(value: str | None) -> str:
     text = (value or "").strip().lower() or "degrade"
     if text not in ("degrade", "refuse"):
         raise ImageGenError("IMG_029", f"--budget-policy {value!r} must be degrade or refuse.")
+    return text
+
+
+def parse_translate(value: str | None) -> str:
+    text = (value or "").strip() or "auto"
+    from models.translators import MODES, load_translation
+
+    if text not in MODES:
+        load_translation().get(text)  # IMG_030 for an unknown translator
     return text
 
 

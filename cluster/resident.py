@@ -172,6 +172,18 @@ class ResidentRegistry:
                                "keep_alive_s": None, "bundle": options}
         return name
 
+    def ensure_translator(self, spec, cache_root: str, credentials) -> str:
+        """The cluster's translator for `spec`, kept warm (its cache with it) like the model replicas."""
+        from actors.translator_actor import TranslatorActor
+
+        name = f"translator/{spec.id}/{spec_key(spec)}"
+        if name not in self.meta or not self._alive(name):
+            TranslatorActor.options(name=name, namespace=self.namespace, lifetime="detached",
+                                    get_if_exists=True).remote(spec, cache_root, credentials)
+            self.meta[name] = {"kind": "translator", "model": spec.id, "key": spec_key(spec), "created": time.time(),
+                               "keep_alive_s": None, "bundle": {}}
+        return name
+
     def entries(self) -> list[dict]:
         rows = []
         for name in list(self.meta):

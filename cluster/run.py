@@ -118,18 +118,9 @@ def run_generation(
         estimate_bytes([t.width * t.height for t in plan.tasks]),
         limits.perf.disk_space_limit,
     )
-    journal.start(key, plan.tasks, {"base_seed": plan.base_seed, "models": plan.models, "strategy": plan.strategy,
-                                    "selection_reason": plan.selection_reason, "created": started_at}, resumed)
-    if resumed is not None:
-        events.emit("run_resumed", kept=len(resumed.images), discarded=len(resumed.discarded),
-                    missing=plan.total - len(resumed.images))
-    events.emit("run_started", images=plan.total, models=",".join(plan.models), strategy=plan.strategy,
-                planned=_planned_counts(plan))
-    if guard is not None:
-        guard.attach(lambda code, message: _write_from_journal(
-            request, registry, plan, journal, code, message, started, started_at, resumed))
 
     schedule = ScheduleResult()
+    translation: dict | None = resumed.header.get("translation") if resumed is not None else None
     replicas: dict = {}
     cluster_info: dict = {}
     scores: list[QualityScore] = []
@@ -146,6 +137,19 @@ def run_generation(
             metrics_sink = _ray_metrics_sink(events)
             if resident is None:  # a cluster that outlives the run keeps its models warm for the next
                 resident = request.address not in (None, "local") or runtime.joined is not None
+            if resumed is None:  # a resumed run's prompts were decided, and journaled, by its first run
+                translation = _translate_stage(request, registry, plan, events, resident, history)
+            journal.start(key, plan.tasks, {"base_seed": plan.base_seed, "models": plan.models,
+                                            "strategy": plan.strategy, "selection_reason": plan.selection_reason,
+                                            "created": started_at, "translation": translation}, resumed)
+            if resumed is not None:
+                events.emit("run_resumed", kept=len(resumed.images), discarded=len(resumed.discarded),
+                            missing=plan.total - len(resumed.images))
+            events.emit("run_started", images=plan.total, models=",".join(plan.models), strategy=plan.strategy,
+                        planned=_planned_counts(plan))
+            if guard is not None:
+                guard.attach(lambda code, message: _write_from_journal(
+                    request, registry, plan, journal, code, message, started, started_at, resumed))
             pool = ReplicaPool(limits, request.max_parallel, events, resident=resident,
                                keep_alive_s=limits.scheduler.keep_alive_seconds, memory_plan=request.memory_plan)
             # the scorer loads while the models load and generate, started once they hold their groups
@@ -153,7 +157,7 @@ def run_generation(
                                                limits=limits, start=False)
             try:
                 schedule = _schedule(request, registry, limits, plan, pool, run_scorer, events, stop, started,
-                                     journal, resumed, tracker)
+                                     journal, resumed, tracker, translation)
                 replicas = pool.collect_infos()
                 cluster_info["nodes"] = len(pool.nodes)
             finally:
@@ -176,6 +180,8 @@ def run_generation(
                 if guard is not None:
                     guard.unwatch()  # an embedded cluster going down now is the run's own doing
     except ImageGenError as exc:
+        if exc.code == "IMG_030":  # --translate required and no translation: refused before anything was made
+            raise
         error = exc
     if error is None:
         error = schedule.aborted
@@ -194,6 +200,7 @@ def run_generation(
                        cluster_info)
     outcome.model_weights = {spec.id: spec.weights for spec in registry}
     outcome.resumed = resumed.summary() if resumed is not None else None
+    outcome.translation = translation
     _price(outcome, registry, replicas, costs)
     if tracker is not None:
         outcome.cost["budget"] = {"budget_usd": request.budget_usd, "policy": request.budget_policy,
@@ -228,6 +235,44 @@ def run_generation(
     return RunResult(outcome, written, outputs, events)
 
 
+def _translate_stage(request, registry: Registry, plan: Plan, events: Events, resident: bool,
+                     history: History) -> dict | None:
+    """The prompt detected, and translated for the models that cannot read it; the plan's tasks
+    then carry what each model receives. With `auto` models and the smart strategy, models are
+    picked again from the English text (prompt analysis reads English), with the same seeds."""
+    from cluster.language.stage import translate_prompt
+    from models.translators import load_translation
+
+    specs = list({s.id: s for s in [*plan.specs.values(), *_fallback_specs(plan, registry)]}.values())
+    result = translate_prompt(request.image_prompt, specs, request.translate, load_translation(), events, resident)
+    if result.detection.english:
+        return None
+    if result.english and not request.models and plan.strategy == "smart":
+        english = make_plan(request.model_copy(update={"image_prompt": result.english}), registry,
+                            history=_safe(history.score), base_seed=plan.base_seed)
+        plan.models, plan.specs, plan.analysis, plan.tasks = english.models, english.specs, english.analysis, english.tasks
+        plan.selection_reason = f"{english.selection_reason} (from the English translation)"
+    translation = result.as_dict()
+    plan.tasks = [_localise(task, translation, plan.specs[task.model]) for task in plan.tasks]
+    return translation
+
+
+def _localise(task, translation: dict | None, spec: ModelSpec):
+    """`task` with the prompt `spec` reads (the original, or its English translation) and a record of both."""
+    if not translation:
+        return task
+    from dataclasses import replace
+
+    from cluster.language.detect import Detection, needs_translation
+
+    detection = Detection(translation["language"], tuple(translation["languages"]))
+    translated = bool(translation["english"]) and needs_translation(detection, spec.prompt_languages)
+    return replace(task, prompt=translation["english"] if translated else translation["original"],
+                   original_prompt=translation["original"], language=translation["language"],
+                   translator=translation["translator"] or "" if translated else "",
+                   english_prompt=translation["english"] or translation["original"])
+
+
 def _journal_key_fields(request: GenerationRequest, registry: Registry) -> dict:
     """What decides a run's images: a rerun with the same resumes, anything else starts clean."""
     try:
@@ -237,7 +282,7 @@ def _journal_key_fields(request: GenerationRequest, registry: Registry) -> dict:
     return {"prompt": request.image_prompt, "models": request.models_input, "count": request.image_count,
             "strategy": request.generation_strategy, "comparison": request.enable_comparison, "seed": request.seed,
             "size": [request.width, request.height], "steps": request.steps, "memory_plan": request.memory_plan,
-            "budget": [request.budget_usd, request.budget_policy], "config": config}
+            "budget": [request.budget_usd, request.budget_policy], "translate": request.translate, "config": config}
 
 
 def _resumed_plan(resumed: Resumed, request: GenerationRequest, registry: Registry) -> Plan:
@@ -393,7 +438,7 @@ def _upload(outcome: RunOutcome, config: UploadConfig, events: Events) -> None:
 
 def _schedule(request, registry, limits, plan, pool, scorer, events, stop, started: float,
               journal: RunJournal | None = None, resumed: Resumed | None = None,
-              budget: BudgetTracker | None = None) -> ScheduleResult:
+              budget: BudgetTracker | None = None, translation: dict | None = None) -> ScheduleResult:
     fallback_specs = _fallback_specs(plan, registry)
     specs = {**{s.id: s for s in fallback_specs}, **plan.specs}
     scheduler = Scheduler(
@@ -401,7 +446,9 @@ def _schedule(request, registry, limits, plan, pool, scorer, events, stop, start
         RetryPolicy(limits.scheduler, [s.id for s in fallback_specs]),
         events,
         score=lambda image: scorer.score([image])[0].overall,
-        resolve_fallback=lambda task, model: retarget(task, registry.get(model), request),
+        # an image moving to another model gets the prompt that model reads (original or translation)
+        resolve_fallback=lambda task, model: _localise(retarget(task, registry.get(model), request), translation,
+                                                       registry.get(model)),
         stop=stop,
         planned=_planned_counts(plan, resumed),
         after_placement=scorer.start,

@@ -135,7 +135,9 @@ class ActorScorer:
             return []
         if not self._ready():
             return self._fallback.score(images)
-        items = [ScoreItem(i.png, i.task.prompt, i.task.width, i.task.height, i.nonfinite_fraction) for i in images]
+        # CLIP reads English: a prompt in another language is scored against its English text
+        items = [ScoreItem(i.png, i.task.english_prompt or i.task.prompt, i.task.width, i.task.height,
+                           i.nonfinite_fraction) for i in images]
         try:
             return ray.get(self.actor.score.remote(items), timeout=self.load_timeout)
         except Exception as exc:  # noqa: BLE001 - a scorer lost mid-run must not cost the run its images

@@ -21,6 +21,10 @@ class ImageTask:
     steps: int | None
     guidance: float | None
     prompt_variation: str = "original"
+    original_prompt: str = ""  # the user's prompt, when `prompt` is its translation
+    language: str = ""  # the prompt's detected language, when not English
+    translator: str = ""  # what translated it
+    english_prompt: str = ""  # what prompt analysis and CLIP alignment read, when the prompt is not English
 
     def with_model(self, model: str, steps: int | None, guidance: float | None, width: int, height: int) -> "ImageTask":
         return replace(self, model=model, steps=steps, guidance=guidance, width=width, height=height)

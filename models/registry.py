@@ -98,6 +98,8 @@ class ModelSpec(BaseModel):
         "auto", description="How a replica holds the model: auto (the first plan that fits the card) or a plan name.")
     allow_fp8: bool = Field(True, description="Whether a memory plan may store weights in float8 (slight quality cost).")
     speedups: SpeedOptions = Field(default_factory=SpeedOptions, description="Compilation, quantization, attention, caching.")
+    prompt_languages: tuple[str, ...] = Field(
+        ("en",), description="Prompt languages the model reads (ISO 639-1); others get an English translation.")
     cpus: float = Field(1, gt=0, description="Logical CPUs a replica holds.")
 
     # selection (appendix A)

@@ -169,6 +169,63 @@ def _build_tiny_sd():
     )
 
 
+# What the tiny translator's tokenizer is trained on: a few prompts in the languages it claims,
+# and their English, so every script it may meet has pieces.
+TRANSLATION_CORPUS = """\
+東京の夜景、シネマティック
+雨の中の灯台、水彩画
+桜の木の下の猫
+富士山と朝焼け
+一只猫在月光下
+雨中的灯塔，水彩画
+城市夜景，霓虹灯
+서울의 밤거리
+비 오는 날의 등대
+un faro al atardecer, acuarela
+una calle de neón en la ciudad de noche
+un phare au crépuscule, aquarelle
+ein Leuchtturm in der Dämmerung
+a night view of Tokyo, cinematic
+a lighthouse in the rain, watercolor
+a cat under a cherry tree
+Mount Fuji at dawn
+a cat in the moonlight
+a city at night with neon lights
+a neon street in Shibuya
+"""
+
+
+def tiny_translator_dir(cache_root: Path) -> Path:
+    """A MarianMT with tiny configs and random weights and a sentencepiece tokenizer trained here on
+    TRANSLATION_CORPUS, saved and loaded back like a real one (Helsinki-NLP's layout)."""
+    def build(folder: Path) -> None:
+        import sentencepiece as spm
+        import torch
+        from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+        torch.manual_seed(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = Path(tmp, "corpus.txt")
+            corpus.write_text(TRANSLATION_CORPUS, encoding="utf-8")
+            spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(Path(tmp, "spm")), vocab_size=120,
+                                           character_coverage=1.0, model_type="unigram", pad_id=3, pad_piece="<pad>",
+                                           bos_id=-1, minloglevel=2)
+            model_file = str(Path(tmp, "spm.model"))
+            processor = spm.SentencePieceProcessor(model_file=model_file)
+            vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+            Path(tmp, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+            tokenizer = MarianTokenizer(source_spm=model_file, target_spm=model_file, vocab=str(Path(tmp, "vocab.json")),
+                                        model_max_length=128)
+            tokenizer.save_pretrained(folder)
+        config = MarianConfig(vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1,
+                              encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                              decoder_ffn_dim=32, max_position_embeddings=128, pad_token_id=vocab["<pad>"],
+                              eos_token_id=vocab["</s>"], decoder_start_token_id=vocab["<pad>"])
+        MarianMTModel(config).save_pretrained(folder)
+
+    return _build_once(cache_root / "tiny" / f"tiny-marian-{TINY_VERSION}", "config.json", build)
+
+
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},

@@ -53,6 +53,7 @@ class FakeVertex:
         self.modes: dict[str, str] = {}
         self.requests: list[dict] = []
         self.calls: dict[str, int] = {}
+        self.text_answer = "a night view of Tokyo, cinematic"  # what a text model answers
         self._lock = threading.Lock()
         server = self
 
@@ -137,6 +138,9 @@ class FakeVertex:
                     predictions.append({"bytesBase64Encoded": base64.b64encode(png_bytes(seed + i)).decode(),
                                         "mimeType": "image/png"})
             return 200, {"predictions": predictions}
+        if method == "generateContent" and "image" not in model:  # a text model: a translation
+            return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": self.text_answer}]},
+                                         "finishReason": "STOP"}]}
         if method == "generateContent":
             if kind == "filtered":
                 return 200, {"candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "IMAGE_SAFETY"}]}

@@ -140,6 +140,7 @@ def test_timeout_and_a_second_signal_during_shutdown(tmp_path, slow_model):
     consistent_partial_report(folder)
 
 
+@pytest.mark.slow  # three CLI runs: `./scripts/test.sh -m slow`, and CI
 def test_sigkill_then_the_same_command_resumes_with_the_planned_seeds(tmp_path, slow_model):
     folder = tmp_path / "out"
     cmd = command(slow_model, folder, "--seed", "500")
@@ -211,6 +212,7 @@ def _key_of(registry, tmp_path) -> str:
     return request_key(_journal_key_fields(request, registry))
 
 
+@pytest.mark.slow  # a cluster of its own: `-m slow`, and CI
 def test_a_joined_clusters_head_dying_mid_run_is_img_019_with_a_partial_report(tmp_path, slow_model):
     from cluster.warm import ray_cli
 

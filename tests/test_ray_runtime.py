@@ -156,6 +156,7 @@ def test_cluster_up_on_one_card_places_the_model_and_the_scorer(running_cluster,
     assert down.returncode == 0, down.stderr[-2000:]
 
 
+@pytest.mark.slow  # a second Ray instance: `-m slow`, and CI
 def test_address_local_runs_a_separate_instance_and_removes_its_session(running_cluster, one_gpu_registry, tmp_path):
     before = sessions(running_cluster)
     report = generate(running_cluster, tmp_path, one_gpu_registry, "separate", "--address", "local")

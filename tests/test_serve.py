@@ -184,6 +184,7 @@ def test_the_serve_command_refuses_an_open_bind_without_a_key(capsys):
     assert "error IMG_011" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # its own Ray and Serve: `-m slow`, and CI
 def test_the_serve_command_starts_reports_its_url_and_stops_on_a_signal(tmp_path, tiny_models):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KAMUI_TEST_KEY": KEY}

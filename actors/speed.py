@@ -110,9 +110,14 @@ def apply_speed(pipe, options: SpeedOptions, device: str, torch, model_id: str, 
 
 def _quantize_unavailable(quantize: str, cuda: bool, torch) -> str:
     if importlib.util.find_spec("torchao") is None:
-        return "torchao is not installed (pip install torchao)"
+        return "torchao is not installed (pip install torchao, or the project's `speed` extra)"
     if not cuda:
-        return "dynamic quantization is for CUDA devices here"
+        if quantize == "int8":  # torchao's int8 kernels run on the CPU; asked for, it is used
+            return ""
+        if quantize == "fp8":
+            return "fp8 needs a CUDA card of compute capability 8.9 or later (int8 runs on the CPU)"
+        # under auto a CPU replica keeps full precision: int8 there is the user's trade, not ours
+        return "auto quantizes on CUDA cards only (set quantize: int8 to quantize on the CPU)"
     if quantize in ("fp8", "auto") and torch.cuda.get_device_capability() < FP8_CAPABILITY:
         major, minor = torch.cuda.get_device_capability()
         return f"fp8 needs compute capability 8.9 or later (this card is {major}.{minor}; int8 works)"

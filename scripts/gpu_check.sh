@@ -2,7 +2,7 @@
 # Prepare the GPU check for a lent GPU machine, and print the command to run there.
 #
 # That machine has torch, transformers, accelerate, safetensors, pyyaml, pillow and numpy (Python
-# 3.12), no network, and none of diffusers, open_clip, ftfy or pydantic: they travel as wheels in
+# 3.12), no network, and none of diffusers, open_clip, ftfy, pydantic or torchao: they travel as wheels in
 # .whl/ (ignored by git, carried by the device tool). Ray does not travel (its wheel is larger than
 # a call can carry), so the check runs the product's Ray-free classes: scripts/gpu_check.py.
 set -euo pipefail
@@ -16,7 +16,7 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/ex
 # the versions this project is tested with here, so the check runs the code CI runs
 version() { "$python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || echo ""; }
 want=()
-for package in diffusers open_clip_torch ftfy wcwidth pydantic pydantic_core annotated_types typing_inspection; do
+for package in diffusers open_clip_torch ftfy wcwidth pydantic pydantic_core annotated_types typing_inspection torchao; do
   v=$(version "$package")
   want+=("${package}${v:+==$v}")
 done

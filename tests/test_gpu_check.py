@@ -26,14 +26,15 @@ def test_the_tiny_check_measures_every_figure_or_says_why_not(tmp_path, tiny_mod
     assert measured_or_said_why(result["matmul_tflops"]) and measured_or_said_why(result["floor_s_per_image"])
     rows = result["rows"]
     assert list(rows)[:2] == ["plain diffusers loop", "product, default options"]
-    for label in ("plain diffusers loop", "product, default options", "plan fp8-storage", "plan group-offload",
-                  "plan resident + vae-tiling"):
+    for label in ("plain diffusers loop", "product, default options", "quantize int8 only", "plan fp8-storage",
+                  "plan group-offload", "plan resident + vae-tiling"):
         assert all(measured_or_said_why(rows[label][k]) for k in FIGURES), (label, rows[label])
         assert isinstance(rows[label]["s_per_image_batch1"], float)  # these run on a CPU: really measured
     # what the CPU cannot run is reported as such, not pretended
     assert rows["plan model-offload"]["error"].startswith("not measured: IMG_010")
     assert rows["compile only"]["error"].startswith("not measured: IMG_018")
     assert "compile" in rows["product, default options"]["speed"]["skipped"]
+    assert rows["quantize int8 only"]["speed"]["applied"]["quantize"].startswith("int8")
     assert all(measured_or_said_why(v) for v in result["clip_vit_l14"].values())
     table = (tmp_path / "gpu_check.md").read_text()
     assert table.count("\n| ") == len(rows) + 1 and "| plain diffusers loop |" in table

@@ -29,7 +29,7 @@ def test_auto_applies_what_the_cpu_can_and_says_why_it_skipped_the_rest(tiny_mod
     speed = generator(registry).speed.as_dict()
     assert speed["applied"] == {}
     assert "CUDA only" in speed["skipped"]["compile"]
-    assert "torchao is not installed" in speed["skipped"]["quantize"] or "CUDA" in speed["skipped"]["quantize"]
+    assert "auto quantizes on CUDA cards only" in speed["skipped"]["quantize"]  # torchao is a test extra
     assert set(speed["skipped"]) == {"compile", "quantize", "attention_backend", "cache"}
 
 
@@ -45,9 +45,44 @@ def test_a_first_block_cache_and_the_native_attention_backend_run_on_the_cpu(tin
     assert np.asarray(decode(b.png)).std() > 0 and a.png != b.png  # steps were reused: the pixels moved
 
 
+def test_int8_quantization_runs_through_torchao_on_the_cpu(tiny_models, registry):
+    from torchao.quantization import Int8Tensor
+
+    plain = generator(registry, compile="off", quantize="none")
+    quantized = generator(registry, compile="off", quantize="int8")
+    assert quantized.speed.applied == {"quantize": "int8 dynamic (torchao, the denoiser's linear layers)"}
+
+    def linear_weights(generator):
+        return [m.weight for m in generator.pipe.transformer.modules() if type(m).__name__ == "Linear"]
+
+    weights = linear_weights(quantized)
+    assert weights and all(isinstance(w, Int8Tensor) for w in weights)
+    assert not any(isinstance(w, Int8Tensor) for w in linear_weights(plain))
+    # what the option is for: the denoiser's linear layers held in a quarter of their float32 bytes
+    bytes_of = lambda ws: sum(w.qdata.numel() if isinstance(w, Int8Tensor) else w.numel() * w.element_size()
+                              for w in ws)
+    assert bytes_of(weights) * 4 == bytes_of(linear_weights(plain))
+    (a,), (b,) = plain.generate([task()]), quantized.generate([task()])
+    assert b.nonfinite_fraction == 0.0 and a.png != b.png
+    from cluster.png import decode
+
+    assert np.asarray(decode(b.png)).std() > 0
+
+
+def test_quantize_without_torchao_is_refused_when_asked_and_skipped_under_auto(tiny_models, registry, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(ImageGenError) as info:
+        generator(registry, quantize="int8")
+    assert info.value.code == "IMG_018" and "torchao is not installed" in info.value.message
+    assert "torchao is not installed" in generator(registry).speed.skipped["quantize"]
+
+
 @pytest.mark.parametrize("options, says", [
     ({"compile": "on"}, "CUDA only"),
-    ({"quantize": "int8"}, "quantize: int8 cannot be used here"),
+    ({"quantize": "fp8"}, "fp8 needs a CUDA card"),
     ({"attention_backend": "flash"}, "needs a CUDA device"),
     ({"attention_backend": "warp-drive"}, "is not one of diffusers'"),
 ])

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--url-ttl", default="3600", metavar="SECONDS",
                      help="How long `url` images are kept and served (default 3600).")
     srv.add_argument("--scorer", default=None, metavar="ID", help="Scorer for requests (default: scoring.yaml's).")
+    srv.add_argument("--upload-uri", default=None, metavar="URI",
+                     help="gs://bucket/prefix: upload every image to Google Cloud Storage; `url` responses point there "
+                          "(default: configs/output.yaml).")
     srv.add_argument("--budget-usd-per-key-day", default=None, metavar="USD",
                      help="What each API key may spend per UTC day; past it, 429 with IMG_029.")
     srv.add_argument("--config", default=None, metavar="FILE", help="Another models.yaml.")
@@ -290,11 +293,16 @@ def _serve(args: argparse.Namespace) -> int:
         from cluster.request import parse_models
 
         model_ids = list(parse_models(args.models, registry))
+    if args.upload_uri:
+        from cluster.uploader import parse_gcs_uri
+
+        parse_gcs_uri(args.upload_uri)
     data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else env.cache_dir() / "serve"
     config = ServerConfig(data_dir=str(data_dir), key_digests=tuple(digest(k) for k in keys), max_queue=queue,
                           url_ttl_s=float(ttl), scorer=args.scorer, config=str(registry.path),
                           limits=args.limits, history_db=args.history_db,
-                          budget_usd_per_key_day=parse_budget(args.budget_usd_per_key_day))
+                          budget_usd_per_key_day=parse_budget(args.budget_usd_per_key_day),
+                          upload_uri=args.upload_uri, environment=env.forwarded())
     # a server stopping gets time to let its requests finish
     guard = RunGuard(deadline_s=30.0, stop_message="stopping the API (signal again to stop at once)")
     with SignalWatch(guard), RayRuntime(args.address) as runtime:

@@ -78,3 +78,16 @@ def google_credentials() -> GoogleCredentials:
 
 def storage_emulator_host() -> str | None:
     return os.environ.get("STORAGE_EMULATOR_HOST") or None
+
+
+# What a process of this project started on a cluster's node must see as this one does: the Serve
+# replica of `multi-image serve` inherits its raylet's environment, which on a joined cluster is
+# the environment of whoever ran `ray start`, not of the shell that started the server.
+FORWARDED = ("KAMUI_CACHE_DIR", "XDG_CACHE_HOME", "KAMUI_HISTORY_DB", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT",
+             "GOOGLE_CLOUD_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_VERTEX_BASE_URL",
+             "STORAGE_EMULATOR_HOST")
+
+
+def forwarded() -> tuple[tuple[str, str], ...]:
+    """The FORWARDED variables set here, as (name, value) pairs. Values may be secrets: never log them."""
+    return tuple((name, os.environ[name]) for name in FORWARDED if os.environ.get(name))

@@ -46,8 +46,9 @@ def server(ray_session, tiny_models, tmp_path_factory):
     bring_up(load_registry(), ["tiny-flux"], load_scoring(), "none", load_limits())
     config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY),), max_queue=QUEUE, url_ttl_s=600,
                           scorer="none", history_db=str(data / "history.sqlite"))
-    url = deploy(config, "127.0.0.1", free_port())
-    yield {"url": url, "data": data}
+    port = free_port()
+    url = deploy(config, "127.0.0.1", port)
+    yield {"url": url, "data": data, "config": config, "port": port}
     undeploy(stop_serve=True)
     serve.shutdown()
     bring_down()
@@ -87,6 +88,36 @@ def test_url_images_are_served_by_the_server(client, server):
         assert response.headers["content-type"] == "image/png" and png_size(response.read()) == (128, 64)
     request_json = json.loads((server["data"] / "images" / url.split("/")[-2] / "request.json").read_text())
     assert request_json["size"] == "128x64"
+
+
+def test_with_an_upload_uri_url_images_point_at_gcs_with_the_servers_own_environment(client, server, gcs_emulator,
+                                                                                     monkeypatch):
+    """The server's replica runs in its raylet's environment (here the test session's, started before
+    the emulator existed): what `serve` was started with must reach it, or the upload goes nowhere."""
+    import dataclasses
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    from cluster import env
+    from cluster.api.server import deploy
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{gcs_emulator}")
+    uploading = dataclasses.replace(server["config"], upload_uri="gs://kamui-test/serve", environment=env.forwarded())
+    assert gcs_emulator not in repr(uploading)  # the forwarded environment (keys, too) is never shown
+    deploy(uploading, "127.0.0.1", server["port"])
+    try:
+        result = client.images.generate(model="tiny-flux", prompt="a heron", n=1, size="64x64", response_format="url")
+    finally:
+        deploy(server["config"], "127.0.0.1", server["port"])
+    url = result.data[0].url
+    request_id = next(p.name for p in (server["data"] / "images").iterdir()
+                      if url.endswith(f"/serve/{p.name}/images/generated-image-1.png"))
+    assert url == f"https://storage.googleapis.com/kamui-test/serve/{request_id}/images/generated-image-1.png"
+    bucket = gcs.Client(project="test", credentials=AnonymousCredentials()).bucket("kamui-test")
+    uploaded = bucket.blob(f"serve/{request_id}/images/generated-image-1.png").download_as_bytes()
+    assert uploaded == (server["data"] / "images" / request_id / "images/generated-image-1.png").read_bytes()
+    assert png_size(uploaded) == (64, 64)
 
 
 def test_errors_arrive_as_the_clients_typed_exceptions_with_the_img_code(client):

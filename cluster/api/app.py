@@ -13,11 +13,12 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime
@@ -43,6 +44,9 @@ class ServerConfig:
     limits: str | None = None
     history_db: str | None = None
     budget_usd_per_key_day: float | None = None  # what each API key may spend per UTC day
+    upload_uri: str | None = None  # gs://bucket/prefix: `url` responses point at GCS
+    # cluster.env.forwarded() of the `serve` process; holds secrets, so never in a repr
+    environment: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def digest(key: str) -> str:
@@ -101,6 +105,8 @@ class ImageAPI:
         from cluster.limits import load_limits
         from models.registry import load_registry
 
+        # this replica is the server's own process: it reads credentials and caches as `serve` was given them
+        os.environ.update(dict(config.environment))
         self.config = config
         self.registry = load_registry(config.config)
         self.limits = load_limits(config.limits)
@@ -226,7 +232,7 @@ class ImageAPI:
             self._sweep()
             request_id = uuid.uuid4().hex
             folder = self.data / "images" / request_id
-            result = await self._generate(raw_inputs(body, str(folder), self.config.scorer), request)
+            result = await self._generate(raw_inputs(body, str(folder), self.config.scorer, self.config.upload_uri), request)
             outcome = result.outcome
             if not outcome.images:
                 raise outcome.error or ImageGenError("IMG_020", "no image was made.")
@@ -255,7 +261,7 @@ class ImageAPI:
             if not name or "/" in name or name.startswith(".") or len(name) > 128:
                 raise ImageGenError("IMG_016", "folder-name must be one plain folder name (no '/', not hidden).")
             folder = self.data / "multi-image" / name
-            result = await self._generate(multi_image_inputs(body, str(folder), self.config.scorer), request)
+            result = await self._generate(multi_image_inputs(body, str(folder), self.config.scorer, self.config.upload_uri), request)
             base = str(request.base_url).rstrip("/")
             return {"report": result.written.report, "outputs": result.outputs,
                     "image_urls": [f"{base}/v1/multi-image/{name}/images/{f.filename}" for f in result.outcome.images]}

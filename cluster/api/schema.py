@@ -71,7 +71,8 @@ def parse_images_request(body: Any) -> ImagesRequest:
     return request
 
 
-def raw_inputs(request: ImagesRequest, folder: str, scorer: str | None) -> dict[str, str | None]:
+def raw_inputs(request: ImagesRequest, folder: str, scorer: str | None,
+               upload_uri: str | None = None) -> dict[str, str | None]:
     """The `generate` inputs (the Action's names) an images request means."""
     width = height = None
     if request.size != "auto":
@@ -83,10 +84,11 @@ def raw_inputs(request: ImagesRequest, folder: str, scorer: str | None) -> dict[
         raise ImageGenError("IMG_001", f"n {request.n} must be 1-10.")
     return {"image_prompt": request.prompt, "folder_name": folder, "image_count": str(request.n),
             "models": request.model, "width": width, "height": height, "scorer": scorer,
-            "generation_strategy": "parallel" if request.model != "auto" else None}
+            "generation_strategy": "parallel" if request.model != "auto" else None, "upload_uri": upload_uri}
 
 
-def multi_image_inputs(body: Any, folder: str, scorer: str | None) -> dict[str, str | None]:
+def multi_image_inputs(body: Any, folder: str, scorer: str | None,
+                       upload_uri: str | None = None) -> dict[str, str | None]:
     """POST /v1/multi-image: the design card's request, with the Action's input names."""
     allowed = {"image-prompt", "image-count", "models", "generation-strategy", "enable-comparison",
                "quality-threshold", "max-parallel", "seed", "width", "height", "steps", "scorer", "folder-name"}
@@ -99,4 +101,5 @@ def multi_image_inputs(body: Any, folder: str, scorer: str | None) -> dict[str, 
     raw = {k.replace("-", "_"): (None if v is None else str(v)) for k, v in body.items() if k != "folder-name"}
     raw["folder_name"] = folder
     raw.setdefault("scorer", scorer)
+    raw["upload_uri"] = upload_uri  # the server's, not the caller's: clients do not pick its buckets
     return raw

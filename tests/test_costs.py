@@ -177,6 +177,7 @@ def test_a_batch_total_budget_stops_later_entries(vertex, tmp_path, registry):
 
 
 @pytest.mark.usefixtures("ray_session")
+@pytest.mark.slow  # two real runs and a dry run (25 s): `./scripts/test.sh -m slow`, and CI
 def test_the_dry_runs_estimate_is_within_a_quarter_of_the_measured_cost(tmp_path, registry, tiny_models, capsys):
     from cluster.cli import main
     from cluster.history import History

@@ -111,7 +111,10 @@ def consistent_partial_report(folder: Path) -> dict:
     return report
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, status", [
+    (signal.SIGTERM, 143),
+    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),  # the same path; its own embedded Ray (15 s)
+])
 def test_a_signal_to_the_whole_process_group_still_writes_the_report(tmp_path, slow_model, signum, status):
     folder = tmp_path / "out"
     process = start(command(slow_model, folder))

@@ -122,6 +122,7 @@ def test_a_gemini_translation_error_passes_through_or_fails_when_required(vertex
 
 
 @pytest.mark.usefixtures("ray_session")
+@pytest.mark.slow  # a warm cluster brought up and down (20 s): `./scripts/test.sh -m slow`, and CI
 def test_each_distinct_prompt_is_translated_once_and_a_warm_translator_remembers(tmp_path, registry, tiny_models):
     import ray
 

@@ -464,12 +464,9 @@ def _dry_run(args: argparse.Namespace, request, registry, limits) -> int:
             nodes, where = cluster_nodes(), f"the Ray cluster at {runtime.describe()['address']}"
     else:  # no cluster: this machine, as an embedded run would see it, without starting Ray
         nodes, where = this_machine(), "this machine"
-    from cluster.history import History
+    from cluster.history import History, safely
 
-    try:
-        past = History(args.history_db).summary()
-    except Exception:  # noqa: BLE001 - a locked or broken history: estimate from defaults
-        past = {}
+    past = safely(History(args.history_db).summary)() or {}  # unreadable: estimates say "defaults"
     result = dry_run(request, counts, registry, limits, nodes, where, past)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))

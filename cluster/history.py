@@ -160,3 +160,14 @@ def _weights_labels(outcome: RunOutcome):
 
 def _avg(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def safely(fn):
+    """`fn` that answers None when the history cannot be read: it is a convenience, and a locked or
+    corrupt file must never fail a run or an estimate."""
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, sqlite3.Error, ValueError):
+            return None
+    return call

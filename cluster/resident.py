@@ -164,24 +164,22 @@ class ResidentRegistry:
     def ensure_scorer(self, spec: ScorerSpec, options: dict[str, Any], cache_root: str) -> str:
         from actors.scorer_actor import ScorerActor
 
-        name = f"scorer/{spec.id}/{spec_key(spec)}"
-        if name not in self.meta or not self._alive(name):
-            ScorerActor.options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
-                                **options).remote(spec, cache_root)
-            self.meta[name] = {"kind": "scorer", "model": spec.id, "key": spec_key(spec), "created": time.time(),
-                               "keep_alive_s": None, "bundle": options}
-        return name
+        return self._ensure_singleton("scorer", ScorerActor, spec, options, cache_root)
 
     def ensure_translator(self, spec, cache_root: str, credentials) -> str:
         """The cluster's translator for `spec`, kept warm (its cache with it) like the model replicas."""
         from actors.translator_actor import TranslatorActor
 
-        name = f"translator/{spec.id}/{spec_key(spec)}"
+        return self._ensure_singleton("translator", TranslatorActor, spec, {}, cache_root, credentials)
+
+    def _ensure_singleton(self, kind: str, actor_cls, spec, options: dict[str, Any], *args) -> str:
+        """The one detached `kind` actor for `spec` (its config's key in the name), created when absent."""
+        name = f"{kind}/{spec.id}/{spec_key(spec)}"
         if name not in self.meta or not self._alive(name):
-            TranslatorActor.options(name=name, namespace=self.namespace, lifetime="detached",
-                                    get_if_exists=True).remote(spec, cache_root, credentials)
-            self.meta[name] = {"kind": "translator", "model": spec.id, "key": spec_key(spec), "created": time.time(),
-                               "keep_alive_s": None, "bundle": {}}
+            actor_cls.options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
+                              **options).remote(spec, *args)
+            self.meta[name] = {"kind": kind, "model": spec.id, "key": spec_key(spec), "created": time.time(),
+                               "keep_alive_s": None, "bundle": options}
         return name
 
     def entries(self) -> list[dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from cluster.costs.pricing import cost_section, image_costs, remote_alternatives
 from cluster.events import Events
 from cluster.gallery import render_gallery
 from cluster.github_output import append_outputs
-from cluster.history import History
+from cluster.history import History, safely
 from cluster.limits import Limits
 from cluster.metrics import RayMetricsSink, run_metrics
 from cluster.planner import Plan, make_plan, retarget
@@ -111,8 +110,8 @@ def run_generation(
     if resumed is not None:
         plan = _resumed_plan(resumed, request, registry)
     else:
-        plan = make_plan(request, registry, history=_safe(history.score), base_seed=base_seed)
-    tracker, budget_note = _budget(request, registry, plan, history, costs)
+        plan = make_plan(request, registry, history=safely(history.score), base_seed=base_seed)
+    tracker, budget_note = _budget(request, registry, plan, history, costs, resumed)
     free_bytes = check_disk_space(
         request.folder_name,
         estimate_bytes([t.width * t.height for t in plan.tasks]),
@@ -138,7 +137,10 @@ def run_generation(
             if resident is None:  # a cluster that outlives the run keeps its models warm for the next
                 resident = request.address not in (None, "local") or runtime.joined is not None
             if resumed is None:  # a resumed run's prompts were decided, and journaled, by its first run
+                planned = _planned_counts(plan)
                 translation = _translate_stage(request, registry, plan, events, resident, history)
+                if _planned_counts(plan) != planned:  # picked again from the English text: priced again
+                    tracker, budget_note = _budget(request, registry, plan, history, costs)
             journal.start(key, plan.tasks, {"base_seed": plan.base_seed, "models": plan.models,
                                             "strategy": plan.strategy, "selection_reason": plan.selection_reason,
                                             "created": started_at, "translation": translation}, resumed)
@@ -207,7 +209,7 @@ def run_generation(
                                   "spent_usd_as_estimated": round(tracker.spent, 6),
                                   "estimates": {m: e.as_dict() for m, e in tracker.estimates.items()}}
     events.emit("scored", images=len(outcome.images), primary=outcome.primary)
-    outcome.history = _safe(history.summary)() or {}
+    outcome.history = safely(history.summary)() or {}
     outcome.metrics = run_metrics(outcome, schedule.max_in_flight, schedule.calls,
                                   {s.id for s in registry if not s.is_local}, free_bytes)
     upload_config = _upload_config(request, upload_config)
@@ -225,7 +227,7 @@ def run_generation(
             guard.release()
     _settle_journal(journal, outcome)
     outputs = step_outputs(outcome, written)
-    if _safe(history.record)(outcome) is None:
+    if safely(history.record)(outcome) is None:
         events.emit("history_not_recorded", path=str(history.path))
     github_output = env.github_output_path()
     if github_output is not None:
@@ -249,7 +251,7 @@ def _translate_stage(request, registry: Registry, plan: Plan, events: Events, re
         return None
     if result.english and not request.models and plan.strategy == "smart":
         english = make_plan(request.model_copy(update={"image_prompt": result.english}), registry,
-                            history=_safe(history.score), base_seed=plan.base_seed)
+                            history=safely(history.score), base_seed=plan.base_seed)
         plan.models, plan.specs, plan.analysis, plan.tasks = english.models, english.specs, english.analysis, english.tasks
         plan.selection_reason = f"{english.selection_reason} (from the English translation)"
     translation = result.as_dict()
@@ -338,26 +340,28 @@ def _write_from_journal(request, registry, plan, journal, code, message, started
           f"(error {code}; report: {outputs['generation-report']})", file=sys.stderr, flush=True)
 
 
-def _budget(request, registry: Registry, plan: Plan, history: History, config: CostConfig | None):
+def _budget(request, registry: Registry, plan: Plan, history: History, config: CostConfig | None,
+            resumed: Resumed | None = None):
     """With --budget-usd: the plan priced (history, else list prices and defaults), refused or
-    degraded when over, and the tracker the scheduler holds spending with. (None, None) without."""
+    degraded when over, and the tracker the scheduler holds spending with. (None, None) without.
+    A resumed run is priced for the images it has still to make; the journaled ones are kept."""
     if request.budget_usd is None:
         return None, None
     config = config or load_costs()
     specs = {s.id: s for s in registry}
-    counts = _planned_counts(plan)
-    past = _safe(history.summary)() or {}
-    estimates = estimate(counts, specs, past, config)
-    tasks, degradation = fit(plan.tasks, estimates, request.budget_usd, request.budget_policy,
-                             lambda task, model: retarget(task, specs[model], request))
+    past = safely(history.summary)() or {}
+    estimates = estimate(_planned_counts(plan, resumed), specs, past, config)
+    done = {i.task.index for i in resumed.images} if resumed is not None else set()
+    tasks, degradation = fit([t for t in plan.tasks if t.index not in done], estimates, request.budget_usd,
+                             request.budget_policy, lambda task, model: retarget(task, specs[model], request))
     if degradation is not None:
-        plan.tasks = sorted(tasks, key=lambda t: t.index)
+        plan.tasks = sorted([t for t in plan.tasks if t.index in done] + tasks, key=lambda t: t.index)
         plan.models = list(dict.fromkeys(t.model for t in plan.tasks))
         plan.specs = {m: specs[m] for m in plan.models}
     # every model the run may reach (fallbacks too) is priced, so no call of any crosses the budget
     reachable = {s.id: 1 for s in _fallback_specs(plan, registry)} | {m: 1 for m in plan.models}
     tracker = BudgetTracker(request.budget_usd, estimate(reachable, specs, past, config))
-    tracker.estimates = {m: e for m, e in estimate(_planned_counts(plan), specs, past, config).items()}
+    tracker.estimates = estimate(_planned_counts(plan, resumed), specs, past, config)
     return tracker, degradation
 
 
@@ -373,16 +377,6 @@ def _price(outcome: RunOutcome, registry: Registry, replicas: dict, config: Cost
     # what the same images would have cost on each remote model this machine could use
     usable = [s for s in registry if not s.is_local and availability.check(s).ok]
     outcome.cost = cost_section(costs, remote_alternatives(usable, config), len(images))
-
-
-def _safe(fn):
-    """History is a convenience: a locked or corrupt file must never fail a run."""
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (OSError, sqlite3.Error, ValueError):
-            return None
-    return call
 
 
 def _ray_metrics_sink(events: Events):

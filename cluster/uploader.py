@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from cluster import env
-from cluster.config_files import bundled_config
+from cluster.config_files import bundled_config, load_config
 from cluster.errors import ImageGenError
 
 DEFAULT_OUTPUT_FILE = bundled_config("output.yaml")
@@ -39,12 +38,7 @@ class UploadConfig(BaseModel):
 
 
 def load_upload_config(path: str | Path | None = None) -> UploadConfig:
-    path = Path(path) if path else DEFAULT_OUTPUT_FILE
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return UploadConfig(**(raw.get("upload") or {}))
-    except (OSError, yaml.YAMLError, ValidationError, AttributeError, TypeError) as exc:
-        raise ImageGenError("IMG_018", f"output config {path}: {' '.join(str(exc).split())[:300]}") from None
+    return load_config(path, DEFAULT_OUTPUT_FILE, "output config", lambda raw: UploadConfig(**(raw.get("upload") or {})))
 
 
 def parse_gcs_uri(uri: str) -> tuple[str, str]:

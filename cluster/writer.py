@@ -65,11 +65,11 @@ def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | 
 
         sizes: dict[int, int] = {}
         for final in outcome.images:
-            _write_bytes(images_dir / final.filename, final.image.png)
+            write_durably(images_dir / final.filename, final.image.png)
             sizes[final.position] = len(final.image.png)
         primary = outcome.primary_image
         if primary is not None:
-            _write_bytes(images_dir / PRIMARY_NAME, primary.image.png)
+            write_durably(images_dir / PRIMARY_NAME, primary.image.png)
 
         urls = [f.url for f in outcome.images]
         primary_url = primary_url_of(outcome)
@@ -141,7 +141,8 @@ def _swap_in(staging: Path, folder: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
+    """`data` in `path`, on the disk (fsynced) before this returns."""
     with open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -149,7 +150,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
+    write_durably(path, text.encode("utf-8"))
 
 
 def fsync_dir(path: Path) -> None:

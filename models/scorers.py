@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.config_files import bundled_config
+from cluster.config_files import bundled_config, load_config
 from cluster.errors import ImageGenError
 from models.registry import BUILTIN_PREFIX
 
@@ -133,13 +132,11 @@ class ScoringConfig(BaseModel):
 
 
 def load_scoring(path: str | Path | None = None) -> ScoringConfig:
-    path = Path(path) if path else DEFAULT_SCORING_FILE
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    def build(raw: dict) -> ScoringConfig:
         scorers = {str(k): {"id": str(k), **(v or {})} for k, v in (raw.get("scorers") or {}).items()}
         config = ScoringConfig(default=raw.get("default", "vit-l-14"), scorers=scorers)
-    except (OSError, yaml.YAMLError, ValidationError, AttributeError, TypeError) as exc:
-        raise ImageGenError("IMG_018", f"scoring config {str(path)!r}: {' '.join(str(exc).split())[:300]}") from None
-    if config.default != NO_SCORER and config.default not in config.scorers:
-        raise ImageGenError("IMG_018", f"scoring config {str(path)!r}: default {config.default!r} is not a scorer.")
-    return config
+        if config.default != NO_SCORER and config.default not in config.scorers:
+            raise ValueError(f"default {config.default!r} is not a scorer.")
+        return config
+
+    return load_config(path, DEFAULT_SCORING_FILE, "scoring config", build)

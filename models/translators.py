@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.config_files import bundled_config
+from cluster.config_files import bundled_config, load_config
 from cluster.errors import ImageGenError
 from models.registry import parse_source
 
@@ -65,14 +64,12 @@ class TranslationConfig(BaseModel):
 
 
 def load_translation(path: str | Path | None = None) -> TranslationConfig:
-    path = Path(path) if path else DEFAULT_TRANSLATION_FILE
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    def build(raw: dict) -> TranslationConfig:
         translators = {str(k): {"id": str(k), **(v or {})} for k, v in (raw.get("translators") or {}).items()}
         config = TranslationConfig(auto=tuple(raw.get("auto") or ()), translators=translators)
-    except (OSError, yaml.YAMLError, ValidationError, AttributeError, TypeError) as exc:
-        raise ImageGenError("IMG_018", f"translation config {str(path)!r}: {' '.join(str(exc).split())[:300]}") from None
-    unknown = [t for t in config.auto if t not in config.translators]
-    if unknown:
-        raise ImageGenError("IMG_018", f"translation config {str(path)!r}: `auto` names unknown translators {unknown}.")
-    return config
+        unknown = [t for t in config.auto if t not in config.translators]
+        if unknown:
+            raise ValueError(f"`auto` names unknown translators {unknown}.")
+        return config
+
+    return load_config(path, DEFAULT_TRANSLATION_FILE, "translation config", build)

@@ -105,6 +105,26 @@ def test_fit_refuses_or_degrades_and_the_tracker_never_lets_spending_cross(regis
 
 # --- budgets in real runs, remote calls counted at the loopback server ------------------------
 
+def test_a_resumed_run_is_priced_for_the_images_it_has_still_to_make(vertex, tmp_path, registry):
+    from types import SimpleNamespace
+
+    from cluster.history import History
+    from cluster.planner import make_plan
+    from cluster.run import _budget
+
+    # 4 images at $0.02 against $0.05: over as planned, within once 2 are journaled
+    request = make_request(registry, tmp_path, models="imagen4-fast", image_count=4, seed=1, budget_usd="0.05",
+                           budget_policy="refuse")
+    plan = make_plan(request, registry)
+    with pytest.raises(ImageGenError) as refused:
+        _budget(request, registry, plan, History(tmp_path / "h.sqlite"), CONFIG)
+    assert refused.value.code == "IMG_029"
+    journaled = SimpleNamespace(images=[SimpleNamespace(task=t) for t in plan.tasks[:2]])
+    tracker, degradation = _budget(request, registry, plan, History(tmp_path / "h.sqlite"), CONFIG, journaled)
+    assert degradation is None and len(plan.tasks) == 4
+    assert tracker.estimates["imagen4-fast"].images == 2
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_a_budget_that_refuses_makes_no_call(vertex, tmp_path, registry):
     from cluster.run import run_generation

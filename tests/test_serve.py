@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -244,13 +243,18 @@ def test_a_per_key_daily_budget_caps_each_key():
     from cluster.errors import ImageGenError
 
     budgets = KeyBudgets(0.05)
-    slot, left = budgets.left("key-one-0123456789abcdef")
-    assert left == 0.05  # the run may spend what the key has left today
-    budgets.charge(slot, 0.04)
-    assert budgets.left("key-one-0123456789abcdef")[1] == pytest.approx(0.01)
-    budgets.charge(slot, 0.01)
+    slot, held = budgets.reserve("key-one-0123456789abcdef")
+    assert held == 0.05  # the run may spend what the key has left today
+    with pytest.raises(ImageGenError) as busy:  # held while it runs: a concurrent request gets none of it
+        budgets.reserve("key-one-0123456789abcdef")
+    assert busy.value.code == "IMG_029"
+    budgets.settle(slot, held, 0.04)  # it spent less: the rest is free again
+    slot, held = budgets.reserve("key-one-0123456789abcdef")
+    assert held == pytest.approx(0.01)
+    budgets.settle(slot, held, 0.01)
     with pytest.raises(ImageGenError) as spent:
-        budgets.left("key-one-0123456789abcdef")
+        budgets.reserve("key-one-0123456789abcdef")
     assert spent.value.code == "IMG_029"
-    assert budgets.left("key-two-0123456789abcdef")[1] == 0.05  # another key's day is its own
+    _, other = budgets.reserve("key-two-0123456789abcdef")
+    assert other == 0.05  # another key's day is its own
     assert KEY not in repr(budgets._spent)  # kept by digest, never the key

@@ -109,7 +109,7 @@ def test_rerun_replaces_the_previous_result_as_a_whole(request_, tmp_path):
 def test_a_write_that_fails_midway_leaves_the_previous_result_intact(request_, tmp_path, monkeypatch):
     write_run(outcome_for(request_, [generated(0, "tiny-flux", 1)]))
     before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
-    real_write = writer_module._write_bytes
+    real_write = writer_module.write_durably
     calls = {"n": 0}
 
     def flaky(path, data):
@@ -118,7 +118,7 @@ def test_a_write_that_fails_midway_leaves_the_previous_result_intact(request_, t
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(writer_module, "_write_bytes", flaky)
+    monkeypatch.setattr(writer_module, "write_durably", flaky)
     with pytest.raises(OSError):
         write_run(outcome_for(request_, [generated(i, "tiny-sd", i) for i in range(4)]))
     after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}

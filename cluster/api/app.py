@@ -79,18 +79,20 @@ class KeyBudgets:
         self._spent: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def left(self, key: str) -> tuple[tuple[str, str], float]:
-        """(the key's slot today, what it has left); IMG_029 when nothing is."""
+    def reserve(self, key: str) -> tuple[tuple[str, str], float]:
+        """(the key's slot today, what it has left), all of it held for this request until `settle`,
+        so concurrent requests of one key cannot each spend the same remainder; IMG_029 when nothing is."""
         slot = (digest(key) if key else "anonymous", time.strftime("%Y-%m-%d", time.gmtime()))
         with self._lock:
             left = self.per_day_usd - self._spent.get(slot, 0.0)
-        if left <= 1e-9:
-            raise ImageGenError("IMG_029", f"this API key's budget for today (${self.per_day_usd:g}) is spent.")
+            if left <= 1e-9:
+                raise ImageGenError("IMG_029", f"this API key's budget for today (${self.per_day_usd:g}) is spent.")
+            self._spent[slot] = self.per_day_usd
         return slot, left
 
-    def charge(self, slot: tuple[str, str], usd: float) -> None:
+    def settle(self, slot: tuple[str, str], held: float, spent: float) -> None:
         with self._lock:
-            self._spent[slot] = self._spent.get(slot, 0.0) + usd
+            self._spent[slot] = self._spent.get(slot, 0.0) - held + spent
 
 
 def error_response(error: ImageGenError, param: str | None = None, status: int | None = None) -> JSONResponse:
@@ -114,6 +116,7 @@ class ImageAPI:
         self.data = Path(config.data_dir)
         (self.data / "images").mkdir(parents=True, exist_ok=True)
         self._busy = 0
+        self._swept = float("-inf")
         self._lock = threading.Lock()
         limit = config.budget_usd_per_key_day
         self.budgets = KeyBudgets(limit) if limit is not None else None
@@ -154,40 +157,42 @@ class ImageAPI:
         return run_generation(request, self.registry, self.limits, events=Events(), resident=True,
                               history=History(self.config.history_db))
 
-    def _budget(self, request: Request, raw: dict) -> tuple[str, str] | None:
-        """With a per-key daily budget: what this key has left today becomes the run's budget."""
-        if self.budgets is None:
-            return None
-        key = request.headers.get("authorization", "").partition(" ")[2].strip()
-        slot, left = self.budgets.left(key)
-        raw["budget_usd"] = f"{left:.6f}"
-        return slot
-
-    def _charge(self, slot, result) -> None:
-        if slot is not None:
-            self.budgets.charge(slot, sum(result.outcome.costs.values()))
-
-    async def _generate(self, raw: dict, request: Request | None = None):
-        slot = self._budget(request, raw) if request is not None else None
-        result = await self._generate_now(raw)
-        self._charge(slot, result)
-        return result
-
-    async def _generate_now(self, raw: dict):
+    async def _generate(self, raw: dict, request: Request):
         if not self._admit():
             raise ImageGenError("IMG_006", f"the server is busy ({self.config.max_queue} requests in progress); "
                                            "retry shortly.")
+        slot = held = None
         try:
-            timeout = self.limits.perf.total_workflow_timeout + 60
-            try:
-                return await asyncio.wait_for(asyncio.to_thread(self._run, raw), timeout=timeout)
-            except asyncio.TimeoutError:
-                raise ImageGenError("IMG_003", f"the request did not finish within {timeout:g}s.") from None
-        finally:
+            if self.budgets is not None:  # what this key has left today becomes the run's budget
+                key = request.headers.get("authorization", "").partition(" ")[2].strip()
+                slot, held = self.budgets.reserve(key)
+                raw["budget_usd"] = f"{held:.6f}"
+        except BaseException:
             self._done()
+            raise
+        work = asyncio.ensure_future(asyncio.to_thread(self._run, raw))
+
+        def finished(future) -> None:
+            # a run past the timeout goes on in its thread: its queue slot and its spending end with it
+            self._done()
+            if slot is not None:
+                result = None if future.cancelled() or future.exception() else future.result()
+                self.budgets.settle(slot, held, sum(result.outcome.costs.values()) if result else 0.0)
+
+        work.add_done_callback(finished)
+        timeout = self.limits.perf.total_workflow_timeout + 60
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise ImageGenError("IMG_003", f"the request did not finish within {timeout:g}s.") from None
 
     def _sweep(self) -> None:
-        """Images past their time to live go, so a long-running server does not fill its disk."""
+        """Images past their time to live go, so a long-running server does not fill its disk; at
+        most once a minute, since it lists every kept request."""
+        now = time.monotonic()
+        if now - self._swept < 60:
+            return
+        self._swept = now
         cutoff = time.time() - self.config.url_ttl_s
         for folder in (self.data / "images").iterdir():
             try:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.config_files import bundled_config
-from cluster.errors import ImageGenError
+from cluster.config_files import bundled_config, load_config
 
 DEFAULT_COSTS_FILE = bundled_config("costs.yaml")
 
@@ -44,11 +42,4 @@ class CostConfig(BaseModel):
 
 
 def load_costs(path: str | Path | None = None) -> CostConfig:
-    path = Path(path) if path else DEFAULT_COSTS_FILE
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return CostConfig(**raw)
-    except FileNotFoundError:
-        raise ImageGenError("IMG_018", f"cost config {str(path)!r} does not exist.") from None
-    except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
-        raise ImageGenError("IMG_018", f"cost config {str(path)!r}: {' '.join(str(exc).split())[:300]}") from None
+    return load_config(path, DEFAULT_COSTS_FILE, "cost config", lambda raw: CostConfig(**raw))

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cluster.work import Attempt, GeneratedImage, ImageTask
-from cluster.writer import fsync_dir
+from cluster.writer import fsync_dir, write_durably
 
 JOURNAL_MARK = ".multi-image-journal"
 JOURNAL_VERSION = 1
@@ -84,29 +84,30 @@ class RunJournal:
             index = entry.get("task", {}).get("index")
             if index in seen:
                 continue
-            reason = self._verify(entry)
+            data, reason = self._verify(entry)
             if reason:
                 resumed.discarded.append({"index": index, "reason": reason})
                 continue
             seen.add(index)
-            resumed.images.append(_image(entry, (self.dir / entry["file"]).read_bytes()))
+            resumed.images.append(_image(entry, data))
         return resumed
 
-    def _verify(self, entry: dict) -> str:
+    def _verify(self, entry: dict) -> tuple[bytes, str]:
+        """The entry's PNG and "" when it is whole; else why it will be made again."""
         try:
             data = (self.dir / entry["file"]).read_bytes()
         except (OSError, KeyError):
-            return "its file is missing"
+            return b"", "its file is missing"
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-            return "its file does not match the hash journaled with it"
+            return b"", "its file does not match the hash journaled with it"
         try:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt: made again
-            return f"it does not decode ({type(exc).__name__})"
-        return ""
+            return b"", f"it does not decode ({type(exc).__name__})"
+        return data, ""
 
     # --- writing this run's journal ---------------------------------------------------
 
@@ -116,10 +117,7 @@ class RunJournal:
         path = self.dir / "journal.jsonl"
         if resumed is None:
             line = {"version": JOURNAL_VERSION, "key": key, "tasks": [asdict(t) for t in tasks], **header}
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(json.dumps(line) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_durably(path, (json.dumps(line) + "\n").encode("utf-8"))
             fsync_dir(self.dir)
         else:
             self.images.extend(resumed.images)
@@ -129,16 +127,14 @@ class RunJournal:
         """The image's PNG, then its line: a line always names a complete, fsynced file."""
         if self._file is None:
             return
-        name = f"parts/{image.task.index:03d}-{hashlib.sha256(image.png).hexdigest()[:12]}.png"
+        sha256 = hashlib.sha256(image.png).hexdigest()
+        name = f"parts/{image.task.index:03d}-{sha256[:12]}.png"
         target = self.dir / name
         scratch = target.with_suffix(".tmp")
-        with open(scratch, "wb") as handle:
-            handle.write(image.png)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_durably(scratch, image.png)
         os.replace(scratch, target)
         fsync_dir(target.parent)  # the rename too must survive a power cut before the line names it
-        entry = {"file": name, "sha256": hashlib.sha256(image.png).hexdigest(), **_entry(image)}
+        entry = {"file": name, "sha256": sha256, **_entry(image)}
         self._file.write(json.dumps(entry) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())

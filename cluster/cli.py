@@ -442,10 +442,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace, request, registry, limits) -> int:
-    from cluster.dry_run import Hypothetical, dry_run, hypothetical_nodes, parse_memory, render, this_machine
-    from cluster.planner import make_plan
-    from cluster.placement import cluster_nodes
-    from cluster.ray_runtime import RayRuntime, find_running_cluster
+    """The run's verdict without running: its exit status, and its error line when it would stop."""
+    from cluster.dry_run import Hypothetical, dry_run, parse_memory, render
+    from cluster.history import History
+    from cluster.progress import one_line
 
     if not args.dry_run:
         raise ImageGenError("IMG_011", "--card-memory and --host-memory only go with --dry-run.")
@@ -453,29 +453,18 @@ def _dry_run(args: argparse.Namespace, request, registry, limits) -> int:
     host = parse_memory(args.host_memory, "--host-memory")
     if host is not None and card is None:
         raise ImageGenError("IMG_011", "--host-memory describes the machine of --card-memory; give both.")
-    plan = make_plan(request, registry, require_available=False)
-    counts: dict[str, int] = {}
-    for task in plan.tasks:
-        counts[task.model] = counts.get(task.model, 0) + 1
-    if card is not None:
-        nodes, where = hypothetical_nodes(Hypothetical(card, host), this_machine()), "a hypothetical machine"
-    elif request.address or find_running_cluster()[0] is not None:
-        with RayRuntime(request.address, request.debug) as runtime:
-            nodes, where = cluster_nodes(), f"the Ray cluster at {runtime.describe()['address']}"
-    else:  # no cluster: this machine, as an embedded run would see it, without starting Ray
-        nodes, where = this_machine(), "this machine"
-    from cluster.history import History, safely
-
-    past = safely(History(args.history_db).summary)() or {}  # unreadable: estimates say "defaults"
-    result = dry_run(request, counts, registry, limits, nodes, where, past)
+    machine = Hypothetical(card, host) if card is not None else None
+    result = dry_run(request, registry, limits, machine, History(args.history_db))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
-        from cluster.progress import one_line
-
         for line in render(result).splitlines():
             print(one_line(line))
-    return 0 if result["ok"] else 1
+    verdict = result["verdict"]
+    if verdict is None:
+        return 0
+    print(f"error {verdict['code']}: {one_line(verdict['message'])}", file=sys.stderr)
+    return verdict["exit_status"]
 
 
 @contextlib.contextmanager

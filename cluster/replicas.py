@@ -17,14 +17,13 @@ from cluster import env
 from cluster.errors import ImageGenError, as_image_error, describe_exception
 from cluster.events import Events
 from cluster.limits import Limits
+from cluster.feasibility import batch_cap, checked_plan, replica_fit
 from cluster.memory.planner import MemoryPlan
-from cluster.memory.replica_plan import plan_replica
 from cluster.placement import (
     GPU_MEMORY_RESOURCE,
     fmt_bundle,
     NodeCapacity,
     available_by_node,
-    check_placeable,
     cluster_nodes,
     describe,
     replica_bundle,
@@ -133,12 +132,7 @@ class ReplicaPool:
     def batch_cap(self, spec: ModelSpec) -> int:
         """The spec's cap, lowered so that one replica never reserves more than half of a node's
         host memory (memory_limit_per_image)."""
-        batch = spec.max_batch_size
-        per_image = self.limits.perf.memory_limit_per_image
-        biggest = max((n.memory_bytes for n in self.nodes), default=0)
-        if per_image > 0 and biggest > 0:
-            batch = max(1, min(batch, int(biggest / 2 // per_image)))
-        return batch
+        return batch_cap(spec, self.nodes, self.limits.perf.memory_limit_per_image)
 
     def plan(self, spec: ModelSpec, width: int | None = None, height: int | None = None) -> MemoryPlan:
         """How each replica of `spec` holds it (planned once per run), or IMG_010 when no plan fits."""
@@ -146,7 +140,7 @@ class ReplicaPool:
             cap = self.batch_cap(spec)
             if not self.resident and spec.id in self._images:  # warm replicas serve later, larger runs too
                 cap = max(1, min(cap, self._images[spec.id]))
-            self._plans[spec.id] = plan_replica(spec, self.nodes, available_by_node(), width or spec.width,
+            self._plans[spec.id] = checked_plan(spec, self.nodes, available_by_node(), width or spec.width,
                                                 height or spec.height, cap, self.memory_plan)
         return self._plans[spec.id]
 
@@ -162,10 +156,8 @@ class ReplicaPool:
             return self.groups[spec.id]
         try:
             plan = self.plan(spec, width, height)
+            bundle = replica_fit(spec, self.nodes, plan, self.limits.perf.memory_limit_per_image).bundle
             batch = plan.batch if spec.is_local else spec.max_batch_size
-            memory = self.limits.perf.memory_limit_per_image * batch if spec.is_local else 0
-            bundle = replica_bundle(spec, self.nodes, memory, batch, gpu_gb=plan.gpu_gb or None)
-            check_placeable(spec, bundle, self.nodes)
         except ImageGenError as exc:
             batch = spec.max_batch_size
             group = ModelGroup(spec, [], batch, error=exc)

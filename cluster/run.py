@@ -25,11 +25,13 @@ from cluster.costs.budget import BudgetTracker, estimate, fit
 from cluster.costs.config import CostConfig, load_costs
 from cluster.costs.pricing import cost_section, image_costs, remote_alternatives
 from cluster.events import Events
+from cluster.feasibility import check_runnable
 from cluster.gallery import render_gallery
 from cluster.github_output import append_outputs
 from cluster.history import History, safely
 from cluster.limits import Limits
 from cluster.metrics import RayMetricsSink, run_metrics
+from cluster.placement import cluster_nodes
 from cluster.planner import Plan, make_plan, retarget
 from cluster.preflight import check_disk_space, check_folder_owned, clean_stale_staging, estimate_bytes
 from cluster.ray_runtime import RayRuntime
@@ -47,6 +49,15 @@ from cluster.writer import PRIMARY_NAME, WrittenRun, display_path, file_url, pri
 from models import availability
 from models.registry import ModelSpec, Registry
 from models.scorers import ScoringConfig, load_scoring
+
+
+class _Refused(Exception):
+    """A refusal found once the cluster is known (budget, translation, a model no node can run):
+    the run ends as one whose preflight failed, with nothing written."""
+
+    def __init__(self, error: ImageGenError):
+        super().__init__(error.code)
+        self.error = error
 
 
 @dataclass
@@ -136,11 +147,20 @@ def run_generation(
             metrics_sink = _ray_metrics_sink(events)
             if resident is None:  # a cluster that outlives the run keeps its models warm for the next
                 resident = request.address not in (None, "local") or runtime.joined is not None
-            if resumed is None:  # a resumed run's prompts were decided, and journaled, by its first run
-                planned = _planned_counts(plan)
-                translation = _translate_stage(request, registry, plan, events, resident, history)
-                if _planned_counts(plan) != planned:  # picked again from the English text: priced again
-                    tracker, budget_note = _budget(request, registry, plan, history, costs)
+            try:
+                if resumed is None:  # a resumed run's prompts were decided, and journaled, by its first run
+                    planned = _planned_counts(plan)
+                    translation = _translate_stage(request, registry, plan, events, resident, history)
+                    if _planned_counts(plan) != planned:  # picked again from the English text: priced again
+                        tracker, budget_note = _budget(request, registry, plan, history, costs)
+                check_runnable(list(plan.specs.values()), cluster_nodes(), _sizes(plan), request.memory_plan,
+                               limits.perf.memory_limit_per_image)
+            except ImageGenError as exc:  # refused before anything was made or written
+                if metrics_sink in events.sinks:
+                    events.sinks.remove(metrics_sink)
+                if guard is not None:
+                    guard.unwatch()  # the embedded cluster stops now on purpose
+                raise _Refused(exc) from None
             journal.start(key, plan.tasks, {"base_seed": plan.base_seed, "models": plan.models,
                                             "strategy": plan.strategy, "selection_reason": plan.selection_reason,
                                             "created": started_at, "translation": translation}, resumed)
@@ -181,9 +201,9 @@ def run_generation(
                     events.sinks.remove(metrics_sink)
                 if guard is not None:
                     guard.unwatch()  # an embedded cluster going down now is the run's own doing
+    except _Refused as refused:  # nothing is written for a run that never started
+        raise refused.error from None
     except ImageGenError as exc:
-        if exc.code == "IMG_030":  # --translate required and no translation: refused before anything was made
-            raise
         error = exc
     if error is None:
         error = schedule.aborted
@@ -455,6 +475,14 @@ def _schedule(request, registry, limits, plan, pool, scorer, events, stop, start
     # comparison mode keeps one prompt for every model, so sequential variations are off there
     sequential = plan.strategy == "sequential" and not request.enable_comparison
     return scheduler.run(SequentialSource(tasks) if sequential else StaticSource(tasks), started, done=kept)
+
+
+def _sizes(plan: Plan) -> dict[str, tuple[int, int]]:
+    """Each model's image size in this run (its first task's)."""
+    sizes: dict[str, tuple[int, int]] = {}
+    for task in plan.tasks:
+        sizes.setdefault(task.model, (task.width, task.height))
+    return sizes
 
 
 def _planned_counts(plan: Plan, resumed: Resumed | None = None) -> dict[str, int]:

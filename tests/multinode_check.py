@@ -19,6 +19,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     import ray
+    from cluster.errors import ImageGenError
     from cluster.placement import GPU_MEMORY_RESOURCE
     from cluster.run import run_generation
     from tests.helpers import make_request, quick_limits, read_json, scripted_registry
@@ -40,7 +41,11 @@ def main() -> None:
                 registry = scripted_registry(folder, specs)
                 request = make_request(registry, folder, folder_name=str(folder / "out"), **raw)
                 started = time.monotonic()
-                result = run_generation(request, registry, quick_limits(placement_timeout=5))
+                try:
+                    result = run_generation(request, registry, quick_limits(placement_timeout=5))
+                except ImageGenError as refused:  # refused before it started: nothing written
+                    return {"seconds": time.monotonic() - started, "images": 0, "error": refused.code,
+                            "message": refused.message, "written": (folder / "out").exists(), "nodes": {}}
                 report = read_json(folder / "out/metadata/generation-report.json")
                 return {
                     "seconds": time.monotonic() - started,

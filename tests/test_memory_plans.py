@@ -236,10 +236,11 @@ def test_resident_forced_on_a_24_gb_card_is_img_010_naming_the_plans_that_fit(tm
     registry = flux_sized(tmp_path)
     request = make_request(registry, tmp_path, models="flux", width=64, height=64, scorer="none",
                            memory_plan="resident")
-    result = run_generation(request, registry, quick_limits())
-    assert result.exit_code == 1 and not result.outcome.images
-    failure = result.outcome.failures[0]
-    assert failure.code == "IMG_010" and "resident" in failure.message and "fp8-storage" in failure.message
+    with pytest.raises(ImageGenError) as refused:  # refused before anything is written
+        run_generation(request, registry, quick_limits())
+    message = refused.value.message
+    assert refused.value.code == "IMG_010" and "resident" in message and "fp8-storage" in message
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.usefixtures("ray_session")

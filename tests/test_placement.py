@@ -143,7 +143,7 @@ def test_multinode_cluster_spreads_packs_and_fails_fast():
     assert pack["images"] == 4 and len(set(pack["nodes"]["small"])) == 1  # PACK: one node holds all four
     big = seen["too_big"]
     assert big["error"] == "IMG_010" and big["seconds"] < 5
-    assert "gpu_memory_gb=40" in big["message"]
+    assert "gpu_memory_gb=40" in big["message"] and big["written"] is False
     lost = seen["node_lost"]
     assert lost["images"] == 6 and lost["restarts"] >= 1
     assert lost["victim"] in lost["nodes"] and len(lost["nodes"]) == 2  # the replica moved to another node

@@ -173,8 +173,9 @@ def test_an_unplaceable_model_fails_fast_with_img_010(tmp_path):
     registry = scripted_registry(tmp_path, {"huge": {"gpus": 1, "gpu_memory_gb": 80}})
     request = make_request(registry, tmp_path, models="huge")
     started = time.monotonic()
-    result = run_generation(request, registry, quick_limits())
+    with pytest.raises(ImageGenError) as refused:  # refused before anything is written
+        run_generation(request, registry, quick_limits())
     assert time.monotonic() - started < 10
-    assert result.exit_code == 1
-    assert result.outcome.error.code == "IMG_010"
-    assert "gpu_memory_gb=80" in result.outcome.error.message and "24" in result.outcome.error.message
+    assert refused.value.code == "IMG_010" and refused.value.exit_status == 1
+    assert "gpu_memory_gb=80" in refused.value.message and "24" in refused.value.message
+    assert not (tmp_path / "out").exists()

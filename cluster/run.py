@@ -209,6 +209,13 @@ def run_generation(
         error = schedule.aborted
     if error is None and schedule.stopped == "interrupted":
         error = ImageGenError("IMG_021", "the run was interrupted by a stop signal; what finished is kept")
+    if error is None and schedule.stopped == "total_timeout":
+        error = ImageGenError("IMG_003", f"the run reached total_workflow_timeout "
+                                         f"({limits.perf.total_workflow_timeout:g}s) with {len(schedule.images)} of "
+                                         f"{plan.total} image(s) made; give it more time with --total-timeout "
+                                         "SECONDS (total_workflow_timeout in the limits file)")
+    if error is not None and (schedule.stopped or schedule.aborted):
+        _unstarted_as_failed(plan, schedule, error)
     if error is None and not schedule.images and schedule.failures:
         last = schedule.failures[-1]
         error = ImageGenError(last.code, f"no image was made: {last.message}")
@@ -475,6 +482,15 @@ def _schedule(request, registry, limits, plan, pool, scorer, events, stop, start
     # comparison mode keeps one prompt for every model, so sequential variations are off there
     sequential = plan.strategy == "sequential" and not request.enable_comparison
     return scheduler.run(SequentialSource(tasks) if sequential else StaticSource(tasks), started, done=kept)
+
+
+def _unstarted_as_failed(plan: Plan, schedule: ScheduleResult, error: ImageGenError) -> None:
+    """Every planned image a halted run neither made nor tried is a failure with the halt's code
+    (a run can stop before its scheduler took every task: loading outlasted the total timeout)."""
+    accounted = {i.task.index for i in schedule.images} | {f.task.index for f in schedule.failures}
+    for task in plan.tasks:
+        if task.index not in accounted:
+            schedule.failures.append(FailedImage(task, error.code, f"not started: {error.message}"))
 
 
 def _sizes(plan: Plan) -> dict[str, tuple[int, int]]:

@@ -121,6 +121,22 @@ def test_total_timeout_stops_cleanly_with_what_it_has(tmp_path):
     assert any(d["strategy"] == "reduce_image_count" for d in report["degradations"])
 
 
+def test_a_run_the_total_timeout_stops_before_it_starts_says_img_003_and_what_to_raise(tmp_path, capsys):
+    # the limit passed while the run was still getting ready (Ray starting, models loading)
+    from cluster.cli import _print_summary
+
+    registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.1}}})
+    request = make_request(registry, tmp_path, models="local", image_count=3)
+    result = run_generation(request, registry, quick_limits(total_workflow_timeout=0.001))
+    assert result.exit_code == 1 and result.outcome.error.code == "IMG_003"
+    assert "--total-timeout" in result.outcome.error.message
+    report = read_json(tmp_path / "out/metadata/generation-report.json")
+    assert report["generation_summary"]["error"]["code"] == "IMG_003"
+    assert [f["error_code"] for f in report["failed_images"]] == ["IMG_003"] * 3
+    _print_summary(result)
+    assert "failed: 0/3" in capsys.readouterr().out
+
+
 def test_close_to_the_total_limit_waiting_images_are_dropped(tmp_path):
     registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 1.0}}})
     request = make_request(registry, tmp_path, models="local", image_count=8, max_parallel=1)

@@ -428,8 +428,11 @@ def _generate(args: argparse.Namespace) -> int:
         result = run_generation(request, registry, limits, events=Events(*choose_sinks(args.json, out=out)),
                                 stop=guard.stop, history=History(args.history_db), guard=guard)
         if args.json:
+            from cluster.summary import changes
+
             print(json.dumps({"event": "summary", "status": result.outcome.status, "exit_code": result.exit_code,
-                              "outputs": result.outputs}, ensure_ascii=False), file=out, flush=True)
+                              "outputs": result.outputs, "changes": changes(result.outcome, result.exit_code)},
+                             ensure_ascii=False), file=out, flush=True)
     if not args.json:
         _print_summary(result)
     if result.outcome.error is not None and result.exit_code != 0:
@@ -484,6 +487,7 @@ def machine_stdout(json_mode: bool):
 
 def _print_summary(result) -> None:
     from cluster.progress import one_line
+    from cluster.summary import changes
 
     # the folder comes from folder-name, model ids from --config, messages from backends
     outcome = result.outcome
@@ -498,6 +502,8 @@ def _print_summary(result) -> None:
     for failure in outcome.failures:
         print(one_line(f"failed: planned image {failure.task.index} on {failure.task.model}: {failure.code} "
                        f"{failure.message}"))
+    for change in changes(outcome, result.exit_code):
+        print(one_line(f"note: {change}"))
     print(one_line(f"report: {outputs['generation-report']}"))
 
 

@@ -14,6 +14,7 @@ from cluster.errors import ImageGenError
 from cluster.request import GenerationRequest
 from cluster.work import ImageTask
 from models import availability
+from models.hub_cli import download_command
 from models.prompt_analysis import PromptAnalysis, analyze_prompt
 from models.registry import ModelSpec, Registry
 from models.selection import HistoryScore, distribute, select_models
@@ -54,7 +55,7 @@ def resolve_models(
         raise ImageGenError(
             "IMG_002",
             "`--models auto` found no available model. Download FLUX.1-schnell "
-            "(`huggingface-cli download black-forest-labs/FLUX.1-schnell`), set GOOGLE_API_KEY for Imagen, "
+            f"(`{download_command('black-forest-labs/FLUX.1-schnell')}`), set GOOGLE_API_KEY for Imagen, "
             f"or pass `--models tiny-flux` for the random-weight demo. ({reasons} ...)",
         )
     if request.generation_strategy == "smart":

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cluster.config_files import bundled_config
 from cluster.errors import ImageGenError
+from models.hub_cli import download_command
 
 DEFAULT_MODELS_FILE = bundled_config("models.yaml")
 BUILTIN_PREFIX = "builtin:"
@@ -143,7 +144,7 @@ class ModelSpec(BaseModel):
             return self.fetch_hint
         kind, value = self.source_kind() if self.source else ("", "")
         if kind == "hub":
-            return f"huggingface-cli download {value}"
+            return download_command(value)
         return None
 
     def batch_size_for(self, gpu_memory_free_gb: float | None) -> int:

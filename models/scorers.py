@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster.config_files import bundled_config, load_config
 from cluster.errors import ImageGenError
 from models.registry import BUILTIN_PREFIX
+from models.hub_cli import download_command
 
 DEFAULT_SCORING_FILE = bundled_config("scoring.yaml")
 NO_SCORER = "none"
@@ -102,7 +103,7 @@ def missing_open_clip(architecture: str, pretrained: str | None, hub_repo: str |
         if cached_open_clip_file(hub_repo) is not None:
             return None
         return (f"CLIP weights {hub_repo} are not in the Hugging Face cache; fetch them once with "
-                f"`huggingface-cli download {hub_repo} open_clip_model.safetensors`")
+                f"`{download_command(hub_repo, 'open_clip_model.safetensors')}`")
     return f"CLIP weights {pretrained!r} are not a local file"
 
 

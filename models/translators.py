@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster.config_files import bundled_config, load_config
 from cluster.errors import ImageGenError
 from models.registry import parse_source
+from models.hub_cli import download_command
 
 DEFAULT_TRANSLATION_FILE = bundled_config("translation.yaml")
 MODES = ("auto", "off", "required")
@@ -46,7 +47,7 @@ class TranslatorSpec(BaseModel):
         if hub_file(value, "config.json") is not None:
             return None
         return (f"translator {self.id!r}: {value} is not in the Hugging Face cache; fetch it once with "
-                f"`huggingface-cli download {value}`")
+                f"`{download_command(value)}`")
 
 
 class TranslationConfig(BaseModel):

@@ -7,6 +7,7 @@ import pytest
 
 from cluster.errors import ImageGenError
 from cluster.language.detect import detect, needs_translation
+from models.hub_cli import hub_command
 from tests.helpers import make_request, quick_limits, read_json
 
 JAPANESE = "東京の夜景、シネマティック"
@@ -78,7 +79,7 @@ def test_no_translator_here_passes_the_original_through_unless_required(tmp_path
     request = make_request(registry, tmp_path, image_prompt=JAPANESE, models="tiny-flux", scorer="none")
     assert run_generation(request, registry, quick_limits()).exit_code == 0
     note = read_json(tmp_path / "out/metadata/generation-report.json")["prompt_language"]["note"]
-    assert "no translator available" in note and "huggingface-cli download" in note
+    assert "no translator available" in note and f"{hub_command()} download" in note
     required = make_request(registry, tmp_path, image_prompt=JAPANESE, models="tiny-flux", scorer="none",
                             translate="required", folder_name="strict")
     with pytest.raises(ImageGenError) as info:

@@ -13,6 +13,7 @@ from cluster.errors import ImageGenError
 from cluster.memory.architectures import count_on_meta, load_architecture
 from cluster.memory.planner import PLAN_NAMES, MemoryPlan, Need, candidates, choose
 from cluster.memory.sizes import architecture_sizes, safetensors_sizes, weights_sizes
+from models.hub_cli import hub_command
 from models.registry import MemoryPlanName
 
 GIB = 2**30
@@ -282,7 +283,7 @@ def test_dry_run_answers_will_flux_fit_my_card_without_weights(tmp_path, capsys)
                        "--host-memory", "64")
     assert code == 0 and result["ok"] is True
     (model,) = result["models"]
-    assert model["available"] is False and "huggingface-cli download" in model["availability"]
+    assert model["available"] is False and f"{hub_command()} download" in model["availability"]
     assert model["sizes_from"] == "architecture: flux1-schnell"
     (kind,) = model["kinds"]
     assert kind["plan"]["name"] == "fp8-storage" and kind["nodes"] == ["a 24 GB card"]

@@ -19,6 +19,7 @@ from cluster.quality import aesthetic_from_predictor, alignment_from_clipscore, 
 from cluster.run import run_generation
 from cluster.scoring import ActorScorer, WeightFreeScorer, make_scorer
 from models.scorers import ScorerSpec, load_scoring
+from models.hub_cli import hub_command
 from tests.helpers import generated, make_request, outcome_for, quick_limits, read_json, scripted_registry
 
 
@@ -237,7 +238,7 @@ def test_a_smaller_scorer_gets_aesthetics_from_the_heads_model(aesthetic_setup, 
 @pytest.mark.parametrize("embedding, reason", [
     (None, "does not say which CLIP model it was trained on"),
     ({"architecture": "ViT-L-14", "pretrained": "openai", "hub_repo": "timm/vit_large_patch14_clip_224.openai"},
-     "`huggingface-cli download timm/vit_large_patch14_clip_224.openai open_clip_model.safetensors`"),
+     f"`{hub_command()} download timm/vit_large_patch14_clip_224.openai open_clip_model.safetensors`"),
 ])
 def test_no_aesthetic_score_without_the_embedding_it_was_trained_on(aesthetic_setup, tmp_path, embedding, reason):
     setup = aesthetic_setup
@@ -281,7 +282,7 @@ def test_the_bundled_aesthetic_head_is_declared_on_openai_vit_l14(tmp_path, monk
 def test_missing_clip_weights_fall_back_with_the_reason():
     scorer = make_scorer("vit-l-14", load_scoring(), [])
     assert isinstance(scorer, WeightFreeScorer)
-    assert "huggingface-cli download laion/CLIP-ViT-L-14-laion2B-s32B-b82K" in scorer.describe()["note"]
+    assert f"{hub_command()} download laion/CLIP-ViT-L-14-laion2B-s32B-b82K" in scorer.describe()["note"]
     (score,) = scorer.score([generated(0, "m", 0)])
     assert score.detailed["prompt_alignment"] is None and "prompt_alignment" in score.unavailable
 

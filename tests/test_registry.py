@@ -12,6 +12,7 @@ from cluster.errors import ImageGenError
 from cluster.planner import make_plan
 from cluster.request import parse_request
 from models import availability
+from models.hub_cli import hub_command
 from models.registry import load_registry
 
 SEED_MODELS = {"imagen4-ultra", "imagen4-fast", "imagen3", "flux-schnell", "photo-flux"}
@@ -69,13 +70,13 @@ def test_any_diffusers_pipeline_is_a_config_entry(tmp_path):
     }})
     spec = load_registry(path).get("sdxl-turbo")
     assert spec.source_kind() == ("hub", "stabilityai/sdxl-turbo")
-    assert spec.fetch_command() == "huggingface-cli download stabilityai/sdxl-turbo"
+    assert spec.fetch_command() == f"{hub_command()} download stabilityai/sdxl-turbo"
 
 
 def test_missing_hub_weights_name_the_fetch_command(registry):
     check = availability.check(registry.get("flux-schnell"))
     assert not check.ok and check.code == "IMG_002"
-    assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in check.reason
+    assert f"{hub_command()} download black-forest-labs/FLUX.1-schnell" in check.reason
 
 
 FLUX_INDEX = {"_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -137,7 +138,7 @@ def test_a_partial_hub_download_is_not_weights_present(registry, tmp_path, monke
     check = availability.check(registry.get("flux-schnell"))
     assert (check.ok, check.code) == (False, "IMG_002")
     assert named in check.reason
-    assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in check.reason
+    assert f"{hub_command()} download black-forest-labs/FLUX.1-schnell" in check.reason
 
 
 def test_a_broken_blob_link_is_missing(registry, tmp_path, monkeypatch):
@@ -261,3 +262,25 @@ def test_auto_spreads_the_count_over_the_smart_picks(registry, tmp_path, monkeyp
     assert [t.model for t in plan.tasks] == ["imagen4-ultra"] * 3
     plan = make_plan(_request(registry, tmp_path, image_prompt="an oil painting of a ship", image_count="3"), registry)
     assert plan.models == ["imagen4-fast"]  # flux-schnell has no weights; imagen4-fast is the other artistic pick
+
+
+def test_the_fetch_command_is_one_the_installed_hub_provides(monkeypatch):
+    import shutil
+    import sys
+    from importlib import metadata
+
+    from models import hub_cli
+
+    program = load_registry().get("flux-schnell").fetch_command().split()[0]
+    beside = str(Path(sys.executable).parent)  # the console scripts of this environment
+    assert shutil.which(program, path=beside) is not None, f"{program} is not installed with huggingface_hub"
+
+    class OldHub:  # a huggingface_hub from before `hf` (< 0.34)
+        entry_points = [metadata.EntryPoint("huggingface-cli", "x:y", "console_scripts")]
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: OldHub)
+    hub_cli.hub_command.cache_clear()
+    try:
+        assert hub_cli.download_command("a/b", "f.safetensors") == "huggingface-cli download a/b f.safetensors"
+    finally:
+        hub_cli.hub_command.cache_clear()

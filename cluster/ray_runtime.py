@@ -1,8 +1,17 @@
 """Start an embedded Ray instance or join a running cluster; shut down only what we started.
 
-Token authentication (on by default since Ray 2.5x) stays on: an embedded instance
-generates its token, and joining a cluster uses the token Ray finds in
-``~/.ray/auth_token`` or ``RAY_AUTH_TOKEN``, as `ray start` left it.
+Only clusters that outlive their runs are joined: one named by host:port, or, for `auto` (and
+for no address at all), the one `ray start` / `multi-image cluster up` left running on this
+machine. Ray's own `auto` also joins any Ray process it finds here, another run's or a server's
+private embedded instance included; that instance ends with its owner, and what a stranger put
+into it (warm replicas, settings) with it.
+
+Ray's token authentication (from Ray 2.52) is set on explicitly (RAY_AUTH_MODE=token) before
+Ray starts or is joined, whatever Ray's default: an embedded instance generates its token in
+``~/.ray/auth_token``, `cluster up` generates it before `ray start`, and joining a cluster sends
+the token Ray finds there or in ``RAY_AUTH_TOKEN``. A RAY_AUTH_MODE the user set is kept.
+
+Without --debug, nothing of Ray's reaches the screen: its logs stay in its session folder.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from cluster.errors import ImageGenError
 from cluster.placement import GPU_MEMORY_RESOURCE
 
 NAMESPACE = "kamui-multi-image"
+AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 # Logical CPUs of an embedded instance: model actors mostly wait on their GPU or a remote API,
 # so the scheduling token must not be the number of cores of a small runner.
 MIN_EMBEDDED_CPUS = 8
@@ -229,11 +239,7 @@ class RayRuntime:
         return self
 
     def _join(self, address: str) -> None:
-        import ray
-
-        use_token_if_present()
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=self.debug,
-                 logging_level=logging.INFO if self.debug else logging.ERROR)
+        join(address, self.debug)
 
     def _start_embedded(self) -> None:
         import ray
@@ -243,7 +249,10 @@ class RayRuntime:
         gpus = detect_local_gpus()
         if gpus.note:
             self.notes.append(gpus.note)
+        require_token_auth()
         context = ray.init(address="local", **embedded_init_kwargs(self.debug, gpus))
+        if not self.debug:
+            mute_ray_error_lines()
         session = (getattr(context, "address_info", None) or {}).get("session_dir")
         self.session_dir = Path(session) if session else None
         self.embedded = True
@@ -278,17 +287,72 @@ class RayRuntime:
             pass
 
 
-def use_token_if_present() -> None:
-    """Send the cluster's auth token when joining one. Ray turns token auth on by itself only for
-    `address="auto"`; with an explicit host:port (`--address`, or a cluster found running here) a
-    driver would otherwise connect without the token and be refused (InvalidAuthToken)."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
+NO_CLUSTER_HERE = ("no Ray cluster started with `multi-image cluster up` or `ray start` runs on this machine (a run's "
+                   "or a server's own embedded instance is never joined); start one with `multi-image cluster up`")
+
+
+def resolve_address(address: str) -> str:
+    """The host:port to join for `address`: itself, or for `auto` the cluster `ray start` left
+    running on this machine (IMG_019 when there is none)."""
+    if address != "auto":
+        return address
+    running, stale = find_running_cluster()
+    if running is None:
+        raise ImageGenError("IMG_019", NO_CLUSTER_HERE + (f" ({stale})" if stale else "") + ".")
+    return running.address
+
+
+def join(address: str, debug: bool = False) -> str:
+    """ray.init on the cluster at `address` (host:port, or `auto`: the one `ray start` left here),
+    with token authentication; returns the address joined."""
+    import ray
+
+    target = resolve_address(address)
+    if os.environ.get("RAY_ADDRESS"):  # Ray prefers the variable to the address it is given
+        os.environ["RAY_ADDRESS"] = target
+    require_token_auth()
+    ray.init(address=target, namespace=NAMESPACE, log_to_driver=debug,
+             logging_level=logging.INFO if debug else logging.ERROR)
+    if not debug:
+        mute_ray_error_lines()
+    return target
+
+
+def require_token_auth() -> None:
+    """RAY_AUTH_MODE=token for this process and the Ray processes it starts, unless the user chose
+    a mode. Set explicitly, Ray neither decides by itself (on a join it enables token auth only when
+    a token file exists) nor prints, on every command, that it turned it on by default."""
+    if os.environ.get(AUTH_MODE_VARIABLE) is not None:
         return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    os.environ[AUTH_MODE_VARIABLE] = "token"
+    try:  # Ray caches its configuration when first imported: read the variable again
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):
+        pass
+
+
+def mute_ray_error_lines() -> None:
+    """Ray's driver prints the cluster's error messages ("(raylet) Task ... will be retried", a
+    worker killed by Ctrl-C) on stdout whatever `log_to_driver` says. The run reports its failures
+    itself, so without --debug they go to Ray's logger at debug level instead of the screen."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "kamui_muted", False):
+        return
+
+    def route(data, ignore_prefix):
+        if data.get("pid") == "raylet":
+            logging.getLogger("ray").debug("(raylet) %s", " ".join(data.get("lines", [])))
+            return
+        original(data, ignore_prefix)
+
+    route.kamui_muted = True
+    worker.print_to_stdstream = route
 
 
 def _one_line(exc: BaseException) -> str:

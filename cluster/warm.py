@@ -1,9 +1,10 @@
 """`multi-image cluster up | status | down`: a Ray cluster that keeps models resident.
 
-`up` starts a Ray head on this machine (or joins `--address`) and brings up detached,
+`up` starts a Ray head on this machine (or joins `--address`, or the cluster `ray start` left
+running here; never a run's or a server's private embedded instance) and brings up detached,
 named model and scorer replicas through the cluster's ResidentRegistry; `generate
---address auto` and `batch` then find them warm. Ray's token authentication stays on:
-`ray start` generates the token and drivers on this machine read it from ~/.ray.
+--address auto` and `batch` then find them warm. Ray's token authentication is on: `up`
+generates the token (~/.ray/auth_token) before `ray start`, and drivers on this machine read it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from cluster import env
 from cluster.errors import ImageGenError
 from cluster.events import Events
 from cluster.limits import Limits
 from cluster.placement import GPU_MEMORY_RESOURCE, cluster_nodes
-from cluster.ray_runtime import MIN_EMBEDDED_CPUS, NAMESPACE, detect_local_gpus, use_token_if_present
+from cluster.ray_runtime import (
+    MIN_EMBEDDED_CPUS,
+    NAMESPACE,
+    detect_local_gpus,
+    find_running_cluster,
+    join,
+    require_token_auth,
+)
 from models import availability
 from models.registry import Registry
 from models.scorers import NO_SCORER, ScoringConfig
@@ -44,6 +53,12 @@ def start_head() -> None:
     gpus = detect_local_gpus()
     if gpus.note:
         print(f"[multi-image] {gpus.note}", file=sys.stderr)
+    require_token_auth()
+    # `ray start` in token mode wants the token to exist; Ray's own command makes it when missing
+    # (~/.ray/auth_token, where every driver on this machine reads it). It prints the token: kept out of sight.
+    made = subprocess.run([ray_command, "get-auth-token", "--generate"], capture_output=True, text=True, timeout=60)
+    if made.returncode != 0:
+        raise ImageGenError("IMG_019", f"`ray get-auth-token --generate` failed: {' '.join(made.stderr.split())[-300:]}")
     command = [ray_command, "start", "--head", f"--num-cpus={max(os.cpu_count() or 1, MIN_EMBEDDED_CPUS)}",
                f"--num-gpus={gpus.count}", "--include-dashboard=false", "--disable-usage-stats"]
     if gpus.count:
@@ -54,23 +69,23 @@ def start_head() -> None:
 
 
 def connect(address: str | None, start: bool = False) -> str:
-    """Join `address` (or the cluster running on this machine); with `start`, start one if none runs."""
-    import logging
-
+    """Join `address`, or the cluster `ray start` left running on this machine (never a run's or a
+    server's private embedded instance); with `start`, start one here when none runs."""
     import ray
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
-    target = address or "auto"
-    use_token_if_present()
-    try:
-        ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        if not start or address not in (None, "auto"):
-            raise ImageGenError("IMG_019", f"no Ray cluster at {target!r}: {' '.join(str(exc).split())[:200]}. "
-                                           "Start one with `multi-image cluster up`.") from None
+    target = address or env.ray_address() or "auto"
+    if start and target == "auto" and find_running_cluster()[0] is None:
         start_head()
-        ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        join(target)
+    except ImageGenError:
+        raise
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # auth errors included
+        raise ImageGenError("IMG_019", f"could not join the Ray cluster at {target!r}: "
+                                       f"{' '.join(str(exc).split())[:200]}. Check `ray status` there and that this "
+                                       "machine has the cluster's auth token (~/.ray/auth_token).") from None
     return ray.get_runtime_context().gcs_address
 
 

@@ -178,3 +178,73 @@ def test_a_stale_address_file_is_not_joined(tmp_path, monkeypatch):
         assert running is None and f"127.0.0.1:{port}" in note and "stale" in note
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# --- whose Ray is joined, and what of Ray's reaches the screen --------------------------------
+
+@pytest.mark.usefixtures("ray_session")  # a private embedded instance runs on this machine: the session's own
+def test_commands_never_join_a_private_embedded_instance(tmp_path):
+    import ray
+
+    from cluster.resident import registry_actor
+
+    registry = registry_actor()
+    before = set(e["name"] for e in ray.get(registry.entries.remote()))
+    temp = tempfile.mkdtemp(prefix="kr", dir="/tmp")  # where no `ray start` cluster is recorded
+    env = ray_env(temp)
+    try:
+        for args in (["cluster", "status"], ["cluster", "down"],
+                     ["generate", "--image-prompt", "a fox", "--folder-name", "out", "--models", "tiny-flux",
+                      "--address", "auto", "--scorer", "none"]):
+            done = subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=180)
+            assert done.returncode == 1, (args, done.stdout, done.stderr[-2000:])
+            assert "error IMG_019: " in done.stderr and "multi-image cluster up" in done.stderr, done.stderr[-2000:]
+            assert "node " not in done.stdout and "released" not in done.stdout
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert set(e["name"] for e in ray.get(registry.entries.remote())) == before  # nothing put into it
+
+
+def test_joining_says_nothing_of_rays_token_default(running_cluster, tmp_path):
+    env = {k: v for k, v in running_cluster["env"].items() if k != "RAY_AUTH_MODE"}  # as in a fresh shell
+    done = subprocess.run([sys.executable, "-m", "cluster.cli", "cluster", "status"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Token authentication" not in done.stdout + done.stderr and "RAY_AUTH_MODE" not in done.stderr
+
+
+KILLED_MID_TASK = """
+import os, signal, sys, time
+import ray
+from cluster.ray_runtime import RayRuntime
+
+with RayRuntime("local", debug=False):
+    @ray.remote(max_restarts=1, max_task_retries=1)
+    class Worker:
+        def pid(self):
+            return os.getpid()
+
+        def slow(self):
+            time.sleep(30)
+
+    worker = Worker.remote()
+    pid = ray.get(worker.pid.remote())
+    pending = worker.slow.remote()
+    time.sleep(1)
+    os.kill(pid, signal.SIGKILL)  # what a Ctrl-C to the process group does to a replica
+    time.sleep(5)
+    print("done", flush=True)
+"""
+
+
+def test_without_debug_no_raylet_lines_reach_stdout_when_a_worker_dies(tmp_path):
+    env = ray_env(tempfile.mkdtemp(prefix="kr", dir="/tmp"))
+    try:
+        done = subprocess.run([sys.executable, "-c", KILLED_MID_TASK], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=180)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "done", done.stdout
+    assert "Token authentication" not in done.stderr

@@ -227,12 +227,14 @@ def run_batch(entries: list[Entry], registry: Registry, limits: Limits, *, event
 
 
 def summary_table(results: list[EntryResult]) -> str:
-    header = ("id", "status", "images", "failed", "codes", "seconds", "cost USD")
+    from cluster.money import format_usd
+
+    header = ("id", "status", "images", "failed", "codes", "seconds", "cost")
     rows = [(r.id, r.status, str(r.images), str(r.failed), ",".join(r.codes) or "—", f"{r.seconds:.1f}",
-             f"{r.cost_usd:.4f}") for r in results]
+             format_usd(r.cost_usd)) for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
     done = sum(r.ok for r in results)
     lines.append(f"\n{done}/{len(results)} entries succeeded "
-                 f"({sum(r.images for r in results)} images, {sum(r.cost_usd for r in results):.4f} USD)")
+                 f"({sum(r.images for r in results)} images, {format_usd(sum(r.cost_usd for r in results))})")
     return "\n".join(lines)

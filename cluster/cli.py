@@ -23,9 +23,9 @@ REQUEST_FLAGS = (
     ("--image-count", "Images per listed model, or in all with auto: 1-10 (default 1)."),
     ("--models", "Comma-separated model ids, or auto (default auto)."),
     ("--generation-strategy", "smart, sequential or parallel (default smart)."),
-    ("--enable-comparison", "true or false: same seeds for every model, side by side (default false)."),
+    ("--enable-comparison", "Same seeds and prompt for every model, side by side; alone or true/false (default false)."),
     ("--quality-threshold", "Minimum quality score, 0.0-1.0 (default 0.7)."),
-    ("--max-parallel", "Most generation calls in flight at once, >= 1 (default 3)."),
+    ("--max-parallel", "Most generation calls in flight at once, 1-MAX_PARALLEL (default 3)."),
     ("--seed", "Base seed; image k uses seed + k (default: random, recorded)."),
     ("--width", "Image width in pixels, a multiple of 16 (default: the model's)."),
     ("--height", "Image height in pixels, a multiple of 16 (default: the model's)."),
@@ -34,7 +34,7 @@ REQUEST_FLAGS = (
                   "cluster running on this machine, else an embedded instance."),
     ("--config", "Another models.yaml (default: configs/models.yaml)."),
     ("--upload-uri", "gs://bucket/prefix: upload images to Google Cloud Storage (default: configs/output.yaml)."),
-    ("--signed-urls", "true or false: V4 signed URLs instead of public ones (default: configs/output.yaml)."),
+    ("--signed-urls", "V4 signed URLs instead of public ones; alone or true/false (default: configs/output.yaml)."),
     ("--scorer", "CLIP scorer from configs/scoring.yaml (vit-l-14, tiny-clip) or none (default: vit-l-14)."),
     ("--memory-plan", "How local models are held: auto (the first plan that fits the card; default), resident, "
                       "fp8-storage, model-offload, group-offload or sequential-offload."),
@@ -43,6 +43,8 @@ REQUEST_FLAGS = (
     ("--translate", "auto (default), off, required, or a translator id: English for models that cannot read the "
                     "prompt's language."),
 )
+BOOLEAN_FLAGS = ("--enable-comparison", "--signed-urls")
+REQUIRED_FLAGS = ("--image-prompt", "--folder-name")
 LIMIT_FLAGS = (
     ("--timeout-per-image", "timeout_per_image", "Seconds a generation call may run (default 300)."),
     ("--total-timeout", "total_workflow_timeout", "Seconds the whole run may take (default 1800)."),
@@ -62,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="Generate images for one prompt.",
                          description="Generate images for one prompt into the design card's folder layout.")
+    from cluster.request import MAX_PARALLEL
+
     for flag, help_text in REQUEST_FLAGS:
-        gen.add_argument(flag, default=None, metavar="VALUE", help=help_text)
+        help_text = help_text.replace("MAX_PARALLEL", str(MAX_PARALLEL))  # the range request validation enforces
+        if flag in BOOLEAN_FLAGS:  # the Action's boolean inputs: `--flag` alone means true
+            gen.add_argument(flag, default=None, nargs="?", const="true", metavar="true|false", help=help_text)
+        else:
+            gen.add_argument(flag, default=None, metavar="VALUE", help=help_text)
     gen.add_argument("--limits", default=None, metavar="FILE", help="Another limits.yaml (default: configs/limits.yaml).")
     for flag, _, help_text in LIMIT_FLAGS:
         gen.add_argument(flag, default=None, metavar="VALUE", help=help_text)
@@ -246,6 +254,13 @@ def _cluster_up(args: argparse.Namespace) -> int:
         from models import availability
 
         model_ids = [s.id for s in registry if s.auto_select and availability.check(s).ok]
+        if not model_ids:  # nothing to keep warm: say so before any Ray starts
+            from models.hub_cli import download_command
+
+            raise ImageGenError("IMG_002", "cluster up found no model to load: none that `auto` may pick is available "
+                                           f"here. Fetch FLUX.1-schnell (`{download_command('black-forest-labs/FLUX.1-schnell')}`), "
+                                           "set GOOGLE_API_KEY for Imagen, or name models with --models (--models "
+                                           "tiny-flux for the random-weight demo).")
     replicas = _positive_int(args.replicas, "--replicas")
     keep_alive = float(_positive_int(args.keep_alive, "--keep-alive")) if args.keep_alive else None
     address = connect(args.address, start=True)
@@ -366,6 +381,7 @@ def _cluster_down(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     from cluster.history import History
+    from cluster.money import format_usd
 
     history = History(args.history_db)
     summary = history.summary()
@@ -376,17 +392,18 @@ def _history(args: argparse.Namespace) -> int:
     if not summary:
         print(f"no runs recorded yet in {history.path}")
         return 0
-    header = ("model", "runs", "images", "failed", "success", "s/image", "quality", "cost USD", "USD/image")
+    header = ("model", "runs", "images", "failed", "ok/attempt", "s/image", "quality", "cost", "cost/image")
     rows = [(key, str(r["runs"]), str(r["images"]), str(r["failed"]),
              "—" if r["success_rate"] is None else f"{r['success_rate'] * 100:.0f}%",
              "—" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.2f}",
-             "—" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}", f"{r['cost_usd']:.4f}",
-             f"{r['cost_usd'] / r['images']:.4f}" if r["images"] else "—")
+             "—" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}", format_usd(r["cost_usd"]),
+             format_usd(r["cost_usd"] / r["images"]) if r["images"] else "—")
             for key, r in summary.items()]
     _print_table(header, rows)
+    print("ok/attempt: the share of generation attempts that made an image (a retried image counts each try)")
     print("\nspending by month")
-    _print_table(("month", "model", "images", "cost USD"),
-                 [(m["month"], m["model"], str(m["images"]), f"{m['cost_usd']:.4f}") for m in months])
+    _print_table(("month", "model", "images", "cost"),
+                 [(m["month"], m["model"], str(m["images"]), format_usd(m["cost_usd"])) for m in months])
     print(f"\n{history.path}")
     return 0
 
@@ -406,6 +423,10 @@ def _generate(args: argparse.Namespace) -> int:
     from cluster.run import run_generation
     from models.registry import load_registry
 
+    missing = [flag for flag in REQUIRED_FLAGS if getattr(args, flag.lstrip("-").replace("-", "_")) is None]
+    if missing:
+        raise ImageGenError("IMG_011", f"generate needs {' and '.join(missing)} (e.g. --image-prompt \"a lighthouse at "
+                                       "dusk\" --folder-name out); see `multi-image generate --help`.")
     registry = load_registry(args.config)
     limits = load_limits(args.limits).with_overrides(
         {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, key, _ in LIMIT_FLAGS}

@@ -84,11 +84,27 @@ def _header(outcome: RunOutcome, report: dict) -> str:
         parts.append(f'<p class="note"><code>{_e(outcome.error.code)}</code> {_e(outcome.error.message)}</p>')
     if any(f.image.weights == "random" for f in outcome.images):
         parts.append(f'<p class="note" id="weights-note">{_e(RANDOM_WEIGHTS_NOTE)}</p>')
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in run_wide_unavailable(outcome).items():
+        by_reason.setdefault(reason, []).append(name.replace("_", " "))
+    for reason, names in by_reason.items():
+        parts.append(f'<p class="note unavailable-note">{_e(" and ".join(names))}: unavailable for every image: '
+                     f"{_e(reason)}</p>")
     parts.append("</header>")
     return "\n".join(parts)
 
 
-def _card(final: FinalImage, primary: bool) -> str:
+def run_wide_unavailable(outcome: RunOutcome) -> dict[str, str]:
+    """Scores missing from every image for one reason (no scorer, no aesthetic head): a fact about
+    the run, said once in the header instead of in every card."""
+    if not outcome.images:
+        return {}
+    first = outcome.images[0].quality.unavailable
+    return {name: reason for name, reason in first.items()
+            if all(f.quality.unavailable.get(name) == reason for f in outcome.images)}
+
+
+def _card(final: FinalImage, primary: bool, run_wide: dict[str, str]) -> str:
     task, quality = final.image.task, final.quality
     badges = ('<span class="badge primary">Primary</span>' if primary else "") + (
         '<span class="badge below">below threshold</span>' if final.below_threshold else "")
@@ -100,7 +116,9 @@ def _card(final: FinalImage, primary: bool) -> str:
         ("Quality", f"{_e(_num(quality.overall))} ({_e(quality.tier)})"),
     ]
     for name, value in quality.detailed.items():
-        if value is None:
+        if value is None and name in run_wide:
+            shown = '<span class="unavailable">unavailable (see above)</span>'
+        elif value is None:
             reason = quality.unavailable.get(name, "no reason recorded")
             shown = f'<span class="unavailable">unavailable: {_e(reason)}</span>'
         else:
@@ -155,7 +173,8 @@ def _comparison(outcome: RunOutcome, report: dict) -> str:
 
 
 def render_gallery(outcome: RunOutcome, report: dict) -> str:
-    cards = [_card(f, f.position == outcome.primary) for f in outcome.images]
+    run_wide = run_wide_unavailable(outcome)
+    cards = [_card(f, f.position == outcome.primary, run_wide) for f in outcome.images]
     body = [_header(outcome, report), '<main><div class="grid">', *cards, "</div></main>"]
     if outcome.request.enable_comparison:
         body.append(_comparison(outcome, report))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.errors import ImageGenError
+from cluster.money import format_usd
 from cluster.quality import QualityScore
 from cluster.request import GenerationRequest
 from cluster.work import Attempt, FailedImage, GeneratedImage, ReplicaInfo
@@ -293,23 +294,23 @@ def comparison_markdown(outcome: RunOutcome, comparison: dict[str, Any]) -> str:
         f"- Fastest: **{comparison['fastest_model'] or '—'}**",
         f"- Most consistent: **{comparison['most_consistent_model'] or '—'}**",
         "",
-        "| Model | Images | Failed | Mean quality | Spread | Seconds / image | Success rate | Cost (USD) | "
-        "Cost / image (USD) | Quality per USD |",
+        "| Model | Images | Failed | Mean quality | Spread | Seconds / image | Success rate | Cost | "
+        "Cost / image | Quality per USD |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, row in comparison["per_model"].items():
-        per_image = "—" if row["cost_per_image_usd"] is None else f"{row['cost_per_image_usd']:.6f}"
+        per_image = format_usd(row["cost_per_image_usd"])
         lines.append(
             f"| {model} | {row['images']} | {row['failed']} | {_num(row['mean_quality'])} | "
             f"{_num(row['quality_spread'])} | {_num(row['mean_seconds_per_image'])} | "
-            f"{_pct(row['success_rate'])} | {row['cost_usd']:.6f} | {per_image} | "
+            f"{_pct(row['success_rate'])} | {format_usd(row['cost_usd'])} | {per_image} | "
             f"{'—' if row['quality_per_usd'] is None else row['quality_per_usd']} |"
         )
     alternatives = (outcome.cost or {}).get("same_images_on") or {}
     if alternatives and outcome.images:
         lines += ["", f"The same {len(outcome.images)} image(s) on each remote model (list prices): "
-                  + ", ".join(f"{m} ${usd:.4f}" for m, usd in alternatives.items())
-                  + f"; this run: ${sum(outcome.costs.values()):.6f}."]
+                  + ", ".join(f"{m} {format_usd(usd)}" for m, usd in alternatives.items())
+                  + f"; this run: {format_usd(sum(outcome.costs.values()))}."]
     if outcome.images:
         lines += ["", "## Images", "", "| # | File | Model | Seed | Variation | Quality | Tier |", "|---:|---|---|---:|---|---:|---|"]
         for f in outcome.images:
@@ -326,11 +327,12 @@ def comparison_markdown(outcome: RunOutcome, comparison: dict[str, Any]) -> str:
     past = {k: v for k, v in outcome.history.items() if v["model"] in tested}
     if past:
         lines += ["", "## History (earlier runs, most recent 50 per model)", "",
-                  "| Model | Runs | Images | Failed | Success rate | Seconds / image | Mean quality | Cost (USD) |",
+                  "| Model | Runs | Images | Failed | Success per attempt | Seconds / image | Mean quality | Cost |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for key, row in past.items():
             lines.append(f"| {key} | {row['runs']} | {row['images']} | {row['failed']} | {_pct(row['success_rate'])} | "
-                         f"{_num(row['seconds_per_image'])} | {_num(row['mean_quality'])} | {row['cost_usd']:.4f} |")
+                         f"{_num(row['seconds_per_image'])} | {_num(row['mean_quality'])} | "
+                         f"{format_usd(row['cost_usd'])} |")
     if outcome.scorer.get("weights") == "random" or any(f.image.weights == "random" for f in outcome.images):
         lines += ["", "_Made or scored with random-weight test models: the scores say nothing about real quality._"]
     return "\n".join(lines) + "\n"

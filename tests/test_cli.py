@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,60 @@ def test_readme_documents_every_flag_of_every_command():
     missing = sorted({flag for p in parsers(build_parser()) for a in p._actions for flag in a.option_strings
                       if flag.startswith("--") and flag != "--help" and flag not in readme})
     assert not missing, f"README does not mention: {missing}"
+
+
+def test_generate_without_arguments_names_the_missing_required_flags(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cluster.cli", "generate"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    (line,) = [line for line in done.stderr.splitlines() if line.strip()]
+    assert line.startswith("error IMG_011: ") and "--image-prompt" in line and "--folder-name" in line
+    assert "empty" not in line and list(tmp_path.iterdir()) == []
+
+
+def test_help_states_the_max_parallel_range_that_is_enforced():
+    import re
+
+    from cluster.cli import build_parser
+    from cluster.errors import ImageGenError
+    from cluster.request import parse_max_parallel
+
+    generate = next(a for a in build_parser()._actions if a.dest == "command").choices["generate"]
+    (action,) = [a for a in generate._actions if "--max-parallel" in a.option_strings]
+    low, high = map(int, re.search(r"(\d+)-(\d+)", action.help).groups())
+    assert parse_max_parallel(str(low)) == low and parse_max_parallel(str(high)) == high
+    for outside in (low - 1, high + 1):
+        with pytest.raises(ImageGenError):
+            parse_max_parallel(str(outside))
+
+
+@pytest.mark.parametrize("flag, field", [("--enable-comparison", "enable_comparison"), ("--signed-urls", "signed_urls")])
+def test_the_actions_boolean_flags_work_alone_or_with_a_value(registry, tmp_path, flag, field):
+    from cluster.cli import REQUEST_FLAGS, build_parser
+    from cluster.request import parse_request
+
+    def request(*extra):
+        args = build_parser().parse_args(["generate", "--image-prompt", "a fox", *extra, "--folder-name", "out"])
+        raw = {f.lstrip("-").replace("-", "_"): getattr(args, f.lstrip("-").replace("-", "_")) for f, _ in REQUEST_FLAGS}
+        return parse_request(raw, registry, cwd=tmp_path)
+
+    assert getattr(request(flag), field) is True  # bare, followed by another flag
+    assert getattr(request(flag, "false"), field) is False and getattr(request(flag, "true"), field) is True
+    assert getattr(request(), field) in (None, False)
+
+
+def test_cluster_up_with_nothing_to_load_is_an_error_before_ray_starts(tmp_path):
+    import os
+    import shutil
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="kr", dir="/tmp")  # where a `ray start` would record itself
+    env = {**os.environ, "RAY_TMPDIR": temp}  # no weights (HF_HOME is the tests' own), no credentials
+    try:
+        done = subprocess.run([sys.executable, "-m", "cluster.cli", "cluster", "up", "--scorer", "none"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.startswith("error IMG_002: ") and "--models tiny-flux" in done.stderr
+        assert not (Path(temp) / "ray" / "ray_current_cluster").exists()  # no Ray was started
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

@@ -233,4 +233,5 @@ def test_history_shows_cost_per_image_and_totals_by_model_and_month(tmp_path, re
         [(months[0]["month"][:4], "tiny-flux", 4, 0.008)]
     assert main(["history", "--history-db", str(tmp_path / "h.sqlite")]) == 0
     out = capsys.readouterr().out
-    assert "USD/image" in out and "0.0020" in out and months[0]["month"] in out
+    assert "cost/image" in out and "$0.002" in out and "0.0020" not in out and months[0]["month"] in out
+    assert "ok/attempt" in out and "share of generation attempts" in out

@@ -89,3 +89,19 @@ def test_a_model_no_node_can_hold_refuses_the_run_and_the_dry_run_alike(tmp_path
     assert nothing_written(tmp_path)
     assert main(["generate", *PROMPT, "--config", str(registry.path), "--models", "huge", "--address", "auto"]) == 1
     assert nothing_written(tmp_path)
+
+
+def test_the_machines_are_described_as_they_are(capsys):
+    from cluster.cli import main
+
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        available = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) / 2**20
+    code, result, _ = dry(capsys, "--models", "tiny-flux")
+    assert code == 0
+    (kind,) = result["models"][0]["kinds"]
+    stated = float(kind["node_kind"].split(" GB host RAM")[0].rsplit(" ", 1)[-1])
+    assert abs(stated - available) <= 1.5  # the RAM free for new processes, not the free pages
+    assert main(["generate", *PROMPT, "--models", "tiny-flux", "--dry-run", "--card-memory", "16",
+                 "--host-memory", "32"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "one 16 GB card and 32 GB host RAM" in first and "CPU" not in first  # nothing made up

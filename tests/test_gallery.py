@@ -166,8 +166,10 @@ def test_one_card_per_image_with_its_scores(registry, tmp_path):
         assert final.quality.tier in card["text"] and f"{final.image.seconds:.2f} s" in card["text"]
         assert "original" in card["text"]
         assert f"{final.quality.detailed['technical_quality']:.3f}" in card["text"]
-        # weight-free scoring: alignment and aesthetics are unavailable, with the reason
-        assert card["text"].count("unavailable: no CLIP scorer in this run") == 2
+        # weight-free scoring: alignment and aesthetics are unavailable; the reason is the run's, said once
+        assert card["text"].count("unavailable (see above)") == 2 and "no CLIP scorer" not in card["text"]
+    assert text.count("no CLIP scorer in this run") == 1
+    assert "prompt alignment and aesthetic appeal: unavailable for every image: no CLIP scorer in this run" in text
     # counts and the random-weights warning in the header
     assert re.search(r"Made</dt><dd>3<.*Planned</dt><dd>3<.*Failed</dt><dd>0<", text, re.S)
     assert "1.50 s" in text and RANDOM_WEIGHTS_NOTE in text

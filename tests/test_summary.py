@@ -45,3 +45,10 @@ def test_a_partial_run_stopped_by_the_total_timeout_says_so_though_it_exits_0(re
     lines = printed(capsys, outcome)
     assert lines[-1].startswith("IMG_003: ") and "--total-timeout" in lines[-1]
     assert not any(line.startswith("scores:") for line in lines)  # --scorer none was asked for: no change
+
+
+def test_money_keeps_small_costs_visible():
+    from cluster.money import format_usd
+
+    assert [format_usd(v) for v in (0, 0.00001, 0.000042, 0.0183, 0.05, 0.5, 12.345)] == \
+        ["$0", "$0.00001", "$0.000042", "$0.018", "$0.05", "$0.50", "$12.35"]

@@ -268,7 +268,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from cluster import env
     from cluster.api.app import ServerConfig, digest
-    from cluster.api.server import check_bind, deploy, load_keys, undeploy
+    from cluster.api.server import check_bind, deploy, drain, load_keys, undeploy
     from cluster.request import parse_budget
     from cluster.durability.guard import RunGuard, SignalWatch
     from cluster.limits import load_limits
@@ -305,18 +305,19 @@ def _serve(args: argparse.Namespace) -> int:
                           upload_uri=args.upload_uri, environment=env.forwarded())
     # a server stopping gets time to let its requests finish
     guard = RunGuard(deadline_s=30.0, stop_message="stopping the API (signal again to stop at once)")
-    with SignalWatch(guard), RayRuntime(args.address) as runtime:
+    with SignalWatch(guard), RayRuntime(args.address):
         if model_ids:
             from cluster.warm import bring_up
 
             report = bring_up(registry, model_ids, scoring, args.scorer, limits)
             for model, message in report.errors.items():
                 print(f"  {model}: not resident: {message}", file=sys.stderr)
-        url = deploy(config, args.host, port)
-        print(f"serving the OpenAI Images API at {url}/v1 ({'API key required' if keys else 'no API key'}); "
-              f"images under {data_dir}", flush=True)
+        deployment = deploy(config, args.host, port)
+        print(f"serving the OpenAI Images API at {deployment.url}/v1 "
+              f"({'API key required' if keys else 'no API key'}); images under {data_dir}", flush=True)
         guard.stop.wait()
-        undeploy(stop_serve=runtime.embedded)
+        drain()
+        undeploy(deployment)
         print("the API stopped", flush=True)
     return 0
 

@@ -46,9 +46,9 @@ def server(ray_session, tiny_models, tmp_path_factory):
     config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY),), max_queue=QUEUE, url_ttl_s=600,
                           scorer="none", history_db=str(data / "history.sqlite"))
     port = free_port()
-    url = deploy(config, "127.0.0.1", port)
-    yield {"url": url, "data": data, "config": config, "port": port}
-    undeploy(stop_serve=True)
+    deployment = deploy(config, "127.0.0.1", port)
+    yield {"url": deployment.url, "data": data, "config": config, "port": port, "deployment": deployment}
+    undeploy(deployment)
     serve.shutdown()
     bring_down()
 
@@ -104,11 +104,11 @@ def test_with_an_upload_uri_url_images_point_at_gcs_with_the_servers_own_environ
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{gcs_emulator}")
     uploading = dataclasses.replace(server["config"], upload_uri="gs://kamui-test/serve", environment=env.forwarded())
     assert gcs_emulator not in repr(uploading)  # the forwarded environment (keys, too) is never shown
-    deploy(uploading, "127.0.0.1", server["port"])
+    deploy(uploading, "127.0.0.1", server["port"], replace=True)
     try:
         result = client.images.generate(model="tiny-flux", prompt="a heron", n=1, size="64x64", response_format="url")
     finally:
-        deploy(server["config"], "127.0.0.1", server["port"])
+        deploy(server["config"], "127.0.0.1", server["port"], replace=True)
     url = result.data[0].url
     request_id = next(p.name for p in (server["data"] / "images").iterdir()
                       if url.endswith(f"/serve/{p.name}/images/generated-image-1.png"))
@@ -207,6 +207,40 @@ def test_32_concurrent_clients_each_get_images_or_a_429_and_the_server_keeps_ser
     assert counts[1] <= counts[0]  # no growth in workers across rounds
 
 
+def post_json(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_second_server_never_moves_or_replaces_the_first(server, tmp_path, capsys):
+    """Ray Serve keeps its first proxy: a server asked for another port would print a URL where
+    nothing listens, and one asked for the same would replace the running app and its keys."""
+    import dataclasses
+
+    from cluster.api.server import deploy
+    from cluster.cli import main
+    from cluster.errors import ImageGenError
+
+    keyless = dataclasses.replace(server["config"], key_digests=())
+    with pytest.raises(ImageGenError) as moved:
+        deploy(keyless, "127.0.0.1", free_port())
+    assert moved.value.code == "IMG_011" and f"127.0.0.1:{server['port']}" in moved.value.message
+    with pytest.raises(ImageGenError) as replaced:
+        deploy(keyless, "127.0.0.1", server["port"])
+    assert replaced.value.code == "IMG_011" and "already runs" in replaced.value.message
+    status, body = post_json(server["url"], "/v1/images/generations", {"model": "tiny-flux", "prompt": "a fox"})
+    assert status == 401 and body["error"]["code"] == "IMG_007"  # the first server's keys still hold
+    # the command says so and prints no URL
+    assert main(["serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"), "--scorer", "none"]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out and f"127.0.0.1:{server['port']}" in err and "error IMG_011" in err
+
+
 def test_the_serve_command_refuses_an_open_bind_without_a_key(capsys):
     from cluster.cli import main
 
@@ -258,3 +292,15 @@ def test_a_per_key_daily_budget_caps_each_key():
     _, other = budgets.reserve("key-two-0123456789abcdef")
     assert other == 0.05  # another key's day is its own
     assert KEY not in repr(budgets._spent)  # kept by digest, never the key
+
+
+def test_stopping_the_server_stops_the_serve_proxy_it_started(server):
+    """Last in this module: it ends the module's server. A proxy left running would keep the next
+    server on its address (0.0.0.0 included) whatever that one asked for."""
+    from cluster.api.server import _running_serve, undeploy
+
+    assert server["deployment"].started_serve
+    undeploy(server["deployment"])
+    assert _running_serve() is None
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server["port"]), timeout=2):
+        pass

@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cluster.api.keys import digest
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-kamui-test-0123456789abcdef"
+OTHER_KEY = "sk-kamui-other-0123456789abcdef"
 QUEUE = 6
 
 
@@ -34,7 +37,7 @@ def free_port() -> int:
 def server(ray_session, tiny_models, tmp_path_factory):
     from ray import serve
 
-    from cluster.api.app import ServerConfig, digest
+    from cluster.api.app import ServerConfig
     from cluster.api.server import deploy, undeploy
     from cluster.limits import load_limits
     from cluster.warm import bring_down, bring_up
@@ -43,7 +46,7 @@ def server(ray_session, tiny_models, tmp_path_factory):
 
     data = tmp_path_factory.mktemp("serve-data")
     bring_up(load_registry(), ["tiny-flux"], load_scoring(), "none", load_limits())
-    config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY),), max_queue=QUEUE, url_ttl_s=600,
+    config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY), digest(OTHER_KEY)), max_queue=QUEUE, url_ttl_s=600,
                           scorer="none", history_db=str(data / "history.sqlite"))
     port = free_port()
     deployment = deploy(config, "127.0.0.1", port)
@@ -171,8 +174,72 @@ def test_multi_image_endpoint_writes_the_design_cards_layout(server):
         result = json.loads(response.read())
     assert result["report"]["generation_summary"]["successful_generations"] == 2
     assert result["outputs"]["images-completed"] == "2" and len(result["image_urls"]) == 2
-    folder = server["data"] / "multi-image" / "scene-1"
+    folder = server["data"] / "multi-image" / digest(KEY)[:24] / "scene-1"
     assert (folder / "images/generated-image.png").is_file() and (folder / "metadata/generation-report.json").is_file()
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_multi_image_folders_are_their_keys_own_need_the_key_and_expire(server):
+    import os
+
+    def post(key: str, body: dict) -> tuple[int, dict]:
+        return post_json(server["url"], "/v1/multi-image", {"image-prompt": "a quiet pier", "models": "tiny-flux",
+                                                             **body}, {"Authorization": f"Bearer {key}"})
+
+    status, mine = post(KEY, {"folder-name": "scene-2", "seed": "1"})
+    assert status == 200
+    url = mine["image_urls"][0]
+    assert get(url)[0] == 401  # a guessable name: never without the key
+    assert get(url, {"Authorization": f"Bearer {OTHER_KEY}"})[0] == 404  # another key does not see it
+    status, png = get(url, {"Authorization": f"Bearer {KEY}"})
+    assert status == 200 and png_size(png) == (64, 64)
+    # the other key's folder of the same name is its own: the first is not overwritten
+    assert post(OTHER_KEY, {"folder-name": "scene-2", "seed": "2"})[0] == 200
+    assert get(url, {"Authorization": f"Bearer {KEY}"})[1] == png
+    for name in ("", "  ", "../scene-2", ".hidden", "a/b", "x" * 129):
+        status, body = post(KEY, {"folder-name": name})
+        assert status == 400 and body["error"]["code"] == "IMG_016", name
+    # past the time to live, it is gone
+    folder = server["data"] / "multi-image" / digest(KEY)[:24] / "scene-2"
+    os.utime(folder, (1, 1))
+    assert get(url, {"Authorization": f"Bearer {KEY}"})[0] == 404
+
+
+def test_the_data_directory_sweeps_expired_folders_and_one_folder_has_one_writer(tmp_path):
+    import os
+
+    from cluster.api.storage import DataDir
+    from cluster.errors import ImageGenError
+
+    abandoned = [tmp_path / "images/.abc.multi-image-journal/parts", tmp_path / "multi-image/owner/.x.multi-image-staging-1"]
+    for leftover in abandoned:
+        leftover.mkdir(parents=True)
+    data = DataDir(tmp_path, ttl_s=60)
+    data.start()  # a request of an earlier server left these: nothing runs yet, so they go
+    assert not any(p.exists() for p in abandoned)
+    old, fresh = data.multi_folder("owner", "old"), data.multi_folder("owner", "fresh")
+    _, request = data.new_request()
+    for folder in (old, fresh, request):
+        (folder / "images").mkdir(parents=True)
+    os.utime(old, (1, 1))
+    os.utime(request, (1, 1))
+    data.claim(fresh)
+    with pytest.raises(ImageGenError) as busy:
+        data.claim(fresh)
+    assert busy.value.code == "IMG_016"
+    journal = fresh.parent / ".fresh.multi-image-journal"
+    journal.mkdir()
+    data.release(fresh, keep=True)
+    assert not journal.exists() and fresh.exists()  # what the run left beside it goes with the request
+    data.sweep_if_due()
+    assert not old.exists() and not request.exists() and fresh.exists()
 
 
 def test_32_concurrent_clients_each_get_images_or_a_429_and_the_server_keeps_serving(client):
@@ -273,7 +340,7 @@ def test_the_serve_command_starts_reports_its_url_and_stops_on_a_signal(tmp_path
 
 
 def test_a_per_key_daily_budget_caps_each_key():
-    from cluster.api.app import KeyBudgets
+    from cluster.api.keys import KeyBudgets
     from cluster.errors import ImageGenError
 
     budgets = KeyBudgets(0.05)

@@ -14,6 +14,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from ray import serve
 
 from cluster.api.keys import Caller, KeyBudgets, KeyCheck, digest  # noqa: F401 - digest: the CLI's and tests' import
-from cluster.api.schema import MAX_BODY_BYTES, envelope, multi_image_inputs, parse_images_request, raw_inputs, status_for
+from cluster.api.schema import (MAX_BODY_BYTES, envelope, multi_image_inputs, parse_images_request, raw_inputs,
+                                retry_helps, status_for)
 from cluster.api.storage import DataDir
 from cluster.errors import ImageGenError, describe_exception
 
@@ -47,9 +49,26 @@ class ServerConfig:
     environment: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
+@dataclass
+class Job:
+    """One request's run: the event that stops it, and its budget hold."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False
+    result: object = None
+    slot: tuple[str, str] | None = None
+    held: float = 0.0
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.stop.set()
+
+
 def error_response(error: ImageGenError, param: str | None = None, status: int | None = None) -> JSONResponse:
     status = status or status_for(error)
-    return JSONResponse(envelope(error, param, status), status_code=status)
+    # the openai client retries 408, 409, 429 and 5xx twice by default: each retry is a whole new run
+    headers = {} if retry_helps(error, status) else {"x-should-retry": "false"}
+    return JSONResponse(envelope(error, param, status), status_code=status, headers=headers)
 
 
 @serve.deployment(name="images", max_ongoing_requests=64, graceful_shutdown_timeout_s=5)
@@ -69,6 +88,9 @@ class ImageAPI:
         self.data.start()
         self._busy = 0
         self._lock = threading.Lock()
+        # runs block their thread for minutes: a pool of their own, so they never hold up the short
+        # work (parsing, sweeps, encoding) that the default pool does, however many are admitted
+        self._runs = ThreadPoolExecutor(max_workers=config.max_queue, thread_name_prefix="kamui-run")
         limit = config.budget_usd_per_key_day
         self.budgets = KeyBudgets(limit) if limit is not None else None
 
@@ -97,44 +119,70 @@ class ImageAPI:
         with self._lock:
             self._busy -= 1
 
-    def _run(self, raw: dict):
-        """One generation, as `generate` runs it (in a worker thread; blocking)."""
-        from cluster.events import Events
-        from cluster.history import History
+    def _parse(self, raw: dict):
         from cluster.request import parse_request
-        from cluster.run import run_generation
 
-        request = parse_request(raw, self.registry)
-        return run_generation(request, self.registry, self.limits, events=Events(), resident=True,
-                              history=History(self.config.history_db))
+        return parse_request(raw, self.registry)
 
-    async def _generate(self, raw: dict, caller: Caller):
+    async def _generate(self, raw: dict, caller: Caller, folder: Path, answer, keep):
+        """`raw` run into `folder`, and `answer(result)`, in a worker thread; what it answers.
+        Bad input is refused before the request takes a queue slot. The run stops when nobody waits
+        for it any more (the client left, the request timed out); `keep(answered)` says whether the
+        folder stays once the request is over."""
+        request = await asyncio.to_thread(self._parse, raw)
         if not self._admit():
             raise ImageGenError("IMG_006", f"the server is busy ({self.config.max_queue} requests in progress); "
                                            "retry shortly.")
-        slot = held = None
+        job = Job()
         try:
-            if self.budgets is not None:  # what this key has left today becomes the run's budget
-                slot, held = self.budgets.reserve(caller.owner)
-                raw["budget_usd"] = f"{held:.6f}"
+            self.data.claim(folder)
         except BaseException:
             self._done()
             raise
-        work = asyncio.ensure_future(asyncio.to_thread(self._run, raw))
-
-        def finished(future) -> None:
-            # a run past the timeout goes on in its thread: its queue slot and its spending end with it
+        try:
+            if self.budgets is not None:  # what this key has left today becomes the run's budget
+                job.slot, job.held = self.budgets.reserve(caller.owner)
+                request = request.model_copy(update={"budget_usd": job.held})
+        except BaseException:
             self._done()
-            if slot is not None:
-                result = None if future.cancelled() or future.exception() else future.result()
-                self.budgets.settle(slot, held, sum(result.outcome.costs.values()) if result else 0.0)
-
-        work.add_done_callback(finished)
+            self.data.release(folder, keep=True)
+            raise
+        work = asyncio.get_running_loop().run_in_executor(self._runs, self._work, request, job, folder, answer, keep)
+        work.add_done_callback(lambda future: self._finished(future, job))
         timeout = self.limits.perf.total_workflow_timeout + 60
         try:
             return await asyncio.wait_for(asyncio.shield(work), timeout=timeout)
         except asyncio.TimeoutError:
+            job.abandon()
             raise ImageGenError("IMG_003", f"the request did not finish within {timeout:g}s.") from None
+        except asyncio.CancelledError:  # the client went away: nobody will read the images
+            job.abandon()
+            raise
+
+    def _work(self, request, job: "Job", folder: Path, answer, keep):
+        from cluster.events import Events
+        from cluster.history import History
+        from cluster.run import run_generation
+
+        answered = False
+        try:
+            result = run_generation(request, self.registry, self.limits, events=Events(), resident=True,
+                                    history=History(self.config.history_db), stop=job.stop)
+            job.result = result
+            if job.abandoned:
+                return None
+            value = answer(result)
+            answered = True
+            return value
+        finally:
+            self.data.release(folder, keep(answered))
+
+    def _finished(self, future, job: "Job") -> None:
+        """The run is over (answered, failed or abandoned): its queue slot and its spending end with it."""
+        self._done()
+        if job.slot is not None:
+            spent = sum(job.result.outcome.costs.values()) if job.result is not None else 0.0
+            self.budgets.settle(job.slot, job.held, spent)
 
     async def _guarded(self, request: Request, handler):
         """`handler(caller)` for a request whose key is good; every failure an error envelope."""
@@ -173,26 +221,20 @@ class ImageAPI:
         async def handler(caller: Caller):
             body = parse_images_request(await self._body(request))
             token, folder = self.data.new_request()
-            self.data.claim(folder)
-            keep = body.response_format == "url"
-            try:
-                result = await self._generate(
-                    raw_inputs(body, str(folder), self.config.scorer, self.config.upload_uri), caller)
-                outcome = result.outcome
-                if not outcome.images:
-                    raise outcome.error or ImageGenError("IMG_020", "no image was made.")
-                data = await asyncio.to_thread(self._answer_images, body, outcome, folder, token, request)
-            except BaseException:
-                keep = False
-                raise
-            finally:
-                self.data.release(folder, keep)
+            base = str(request.base_url).rstrip("/")
+            url = body.response_format == "url"
+            data = await self._generate(raw_inputs(body, str(folder), self.config.scorer, self.config.upload_uri),
+                                        caller, folder, lambda result: self._answer_images(body, result, folder, token, base),
+                                        keep=lambda answered: answered and url)
             return {"created": int(time.time()), "data": data}
 
         return await self._guarded(request, handler)
 
-    def _answer_images(self, body, outcome, folder: Path, token: str, request: Request) -> list[dict]:
+    def _answer_images(self, body, result, folder: Path, token: str, base: str) -> list[dict]:
         """The answer's `data` (blocking: PNGs read and encoded off the event loop)."""
+        outcome = result.outcome
+        if not outcome.images:
+            raise outcome.error or ImageGenError("IMG_020", "no image was made.")
         if body.response_format == "url":
             (folder / "request.json").write_text(json.dumps(
                 {"user": body.user, "model": body.model, "size": body.size, "n": body.n, "quality": body.quality,
@@ -201,7 +243,7 @@ class ImageAPI:
         for final in outcome.images:
             if body.response_format == "url":
                 url = final.url if final.url.startswith("https://") else \
-                    f"{str(request.base_url).rstrip('/')}/v1/files/{token}/{final.filename}"
+                    f"{base}/v1/files/{token}/{final.filename}"
                 data.append({"url": url, "revised_prompt": final.image.task.prompt})
             else:
                 png = (folder / "images" / final.filename).read_bytes()
@@ -214,16 +256,15 @@ class ImageAPI:
             body = await self._body(request)
             name = body.get("folder-name") if isinstance(body, dict) else None
             folder = self.data.multi_folder(caller.owner, name)
-            self.data.claim(folder)
-            try:
-                result = await self._generate(
-                    multi_image_inputs(body, str(folder), self.config.scorer, self.config.upload_uri), caller)
-            finally:
-                self.data.release(folder, keep=True)
             base = str(request.base_url).rstrip("/")
-            return {"report": result.written.report, "outputs": result.outputs, "folder-name": folder.name,
-                    "image_urls": [f"{base}/v1/multi-image/{folder.name}/images/{f.filename}"
-                                   for f in result.outcome.images]}
+
+            def answer(result) -> dict:
+                return {"report": result.written.report, "outputs": result.outputs, "folder-name": folder.name,
+                        "image_urls": [f"{base}/v1/multi-image/{folder.name}/images/{f.filename}"
+                                       for f in result.outcome.images]}
+
+            return await self._generate(multi_image_inputs(body, str(folder), self.config.scorer, self.config.upload_uri),
+                                        caller, folder, answer, keep=lambda answered: True)
 
         return await self._guarded(request, handler)
 

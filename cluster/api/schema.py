@@ -50,6 +50,17 @@ def status_for(error: ImageGenError) -> int:
     return 400 if ERROR_CODES[error.code][1] == 2 else 500
 
 
+# what retrying cannot change: the input, a timeout the same request would hit again, a key's
+# spent budget, a full disk
+NO_RETRY = {"IMG_003", "IMG_005", "IMG_029"}
+
+
+def retry_helps(error: ImageGenError, status: int) -> bool:
+    if error.code in NO_RETRY:
+        return False
+    return status == 429 or status >= 500
+
+
 def envelope(error: ImageGenError, param: str | None = None, status: int | None = None) -> dict:
     status = status or status_for(error)
     kind = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",

@@ -268,7 +268,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from cluster import env
     from cluster.api.app import ServerConfig, digest
-    from cluster.api.server import check_bind, deploy, drain, load_keys, undeploy
+    from cluster.api.server import check_bind, check_budget_keys, deploy, drain, load_keys, undeploy
     from cluster.request import parse_budget
     from cluster.durability.guard import RunGuard, SignalWatch
     from cluster.limits import load_limits
@@ -278,6 +278,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     keys = load_keys(args.api_key_env, args.api_key_file)
     check_bind(args.host, keys)
+    budget_per_key_day = parse_budget(args.budget_usd_per_key_day)
+    check_budget_keys(budget_per_key_day, keys)
     port = _positive_int(args.port, "--port")
     queue = _positive_int(args.queue, "--queue")
     ttl = _positive_int(args.url_ttl, "--url-ttl")
@@ -301,7 +303,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(data_dir=str(data_dir), key_digests=tuple(digest(k) for k in keys), max_queue=queue,
                           url_ttl_s=float(ttl), scorer=args.scorer, config=str(registry.path),
                           limits=args.limits, history_db=args.history_db,
-                          budget_usd_per_key_day=parse_budget(args.budget_usd_per_key_day),
+                          budget_usd_per_key_day=budget_per_key_day,
                           upload_uri=args.upload_uri, environment=env.forwarded())
     # a server stopping gets time to let its requests finish
     guard = RunGuard(deadline_s=30.0, stop_message="stopping the API (signal again to stop at once)")

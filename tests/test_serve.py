@@ -394,26 +394,44 @@ def test_the_serve_command_starts_reports_its_url_and_stops_on_a_signal(tmp_path
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_a_per_key_daily_budget_caps_each_key():
+def test_a_per_key_daily_budget_holds_each_requests_estimate_and_keeps_only_today():
     from cluster.api.keys import KeyBudgets
     from cluster.errors import ImageGenError
 
-    budgets = KeyBudgets(0.05)
-    slot, held = budgets.reserve("key-one-0123456789abcdef")
-    assert held == 0.05  # the run may spend what the key has left today
-    with pytest.raises(ImageGenError) as busy:  # held while it runs: a concurrent request gets none of it
-        budgets.reserve("key-one-0123456789abcdef")
-    assert busy.value.code == "IMG_029"
-    budgets.settle(slot, held, 0.04)  # it spent less: the rest is free again
-    slot, held = budgets.reserve("key-one-0123456789abcdef")
-    assert held == pytest.approx(0.01)
-    budgets.settle(slot, held, 0.01)
-    with pytest.raises(ImageGenError) as spent:
-        budgets.reserve("key-one-0123456789abcdef")
-    assert spent.value.code == "IMG_029"
-    _, other = budgets.reserve("key-two-0123456789abcdef")
-    assert other == 0.05  # another key's day is its own
-    assert KEY not in repr(budgets._spent)  # kept by digest, never the key
+    now = [1_700_000_000.0]
+    budgets = KeyBudgets(0.05, clock=lambda: now[0])
+    first = budgets.reserve("key-a", 0.02)
+    second = budgets.reserve("key-a", 0.02)  # a concurrent request of the same key is not refused
+    third = budgets.reserve("key-a", 0.02)
+    assert (first.usd, second.usd) == (0.02, 0.02) and third.usd == pytest.approx(0.01)  # what was left
+    with pytest.raises(ImageGenError) as held:
+        budgets.reserve("key-a", 0.01)
+    assert held.value.code == "IMG_029"
+    budgets.settle(first, 0.005)  # it cost less than estimated: the rest is free again
+    assert budgets.reserve("key-a", 1.0).usd == pytest.approx(0.015)
+    assert budgets.reserve("key-b", 0.05).usd == 0.05  # another key's day is its own
+    now[0] += 86_400  # the next UTC day: a fresh budget, and yesterday's rows go
+    budgets.settle(second, 0.02)
+    assert budgets.reserve("key-a", 0.01).usd == 0.01
+    assert budgets.rows() <= 3  # today's spent and held for key-a, and yesterday's still-held key-b request
+
+
+def test_a_run_that_failed_after_generating_is_charged_for_what_it_made():
+    from cluster.api.app import Job
+
+    job = Job(prices={"tiny-flux": 0.004, "imagen4-fast": 0.02})
+    for model in ("tiny-flux", "imagen4-fast", "tiny-flux"):
+        job.on_event({"event": "image_done", "model": model})
+    job.on_event({"event": "image_failed", "model": "tiny-flux"})
+    assert job.result is None and job.spent() == pytest.approx(0.028)
+
+
+def test_a_per_key_budget_without_keys_is_refused(capsys, tmp_path):
+    from cluster.cli import main
+
+    assert main(["serve", "--budget-usd-per-key-day", "1", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error IMG_011" in err and "--budget-usd-per-key-day" in err
 
 
 def test_stopping_the_server_stops_the_serve_proxy_it_started(server):

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from ray import serve
 
-from cluster.api.keys import Caller, KeyBudgets, KeyCheck, digest  # noqa: F401 - digest: the CLI's and tests' import
+from cluster.api.keys import Caller, Hold, KeyBudgets, KeyCheck, digest  # noqa: F401 - digest: the CLI's and tests' import
 from cluster.api.schema import (MAX_BODY_BYTES, envelope, multi_image_inputs, parse_images_request, raw_inputs,
                                 retry_helps, status_for)
 from cluster.api.storage import DataDir
@@ -51,17 +51,30 @@ class ServerConfig:
 
 @dataclass
 class Job:
-    """One request's run: the event that stops it, and its budget hold."""
+    """One request's run: the event that stops it, its budget hold, and what it made."""
 
     stop: threading.Event = field(default_factory=threading.Event)
     abandoned: bool = False
     result: object = None
-    slot: tuple[str, str] | None = None
-    held: float = 0.0
+    hold: Hold | None = None
+    prices: dict[str, float] = field(default_factory=dict)  # estimated USD per image, by model
+    made: list[str] = field(default_factory=list)  # the model of each image made so far
 
     def abandon(self) -> None:
         self.abandoned = True
         self.stop.set()
+
+    def on_event(self, event: dict) -> None:
+        if event["event"] == "image_done":
+            self.made.append(event["model"])
+
+    def spent(self) -> float:
+        """What the run cost: as priced when it finished, else (it failed after generating) its
+        images at their estimates."""
+        if self.result is not None:
+            return sum(self.result.outcome.costs.values())
+        fallback = max(self.prices.values(), default=0.0)
+        return sum(self.prices.get(model, fallback) for model in self.made)
 
 
 def error_response(error: ImageGenError, param: str | None = None, status: int | None = None) -> JSONResponse:
@@ -133,19 +146,18 @@ class ImageAPI:
         if not self._admit():
             raise ImageGenError("IMG_006", f"the server is busy ({self.config.max_queue} requests in progress); "
                                            "retry shortly.")
-        job = Job()
+        job, claimed = Job(), False
         try:
             self.data.claim(folder)
+            claimed = True
+            if self.budgets is not None:  # the run's estimate is held of what the key has left today
+                job.prices, planned = await asyncio.to_thread(self._estimate, request)
+                job.hold = self.budgets.reserve(caller.owner, planned)
+                request = request.model_copy(update={"budget_usd": max(job.hold.usd, 1e-9)})
         except BaseException:
             self._done()
-            raise
-        try:
-            if self.budgets is not None:  # what this key has left today becomes the run's budget
-                job.slot, job.held = self.budgets.reserve(caller.owner)
-                request = request.model_copy(update={"budget_usd": job.held})
-        except BaseException:
-            self._done()
-            self.data.release(folder, keep=True)
+            if claimed:
+                self.data.release(folder, keep=True)
             raise
         work = asyncio.get_running_loop().run_in_executor(self._runs, self._work, request, job, folder, answer, keep)
         work.add_done_callback(lambda future: self._finished(future, job))
@@ -166,7 +178,7 @@ class ImageAPI:
 
         answered = False
         try:
-            result = run_generation(request, self.registry, self.limits, events=Events(), resident=True,
+            result = run_generation(request, self.registry, self.limits, events=Events(job.on_event), resident=True,
                                     history=History(self.config.history_db), stop=job.stop)
             job.result = result
             if job.abandoned:
@@ -180,9 +192,23 @@ class ImageAPI:
     def _finished(self, future, job: "Job") -> None:
         """The run is over (answered, failed or abandoned): its queue slot and its spending end with it."""
         self._done()
-        if job.slot is not None:
-            spent = sum(job.result.outcome.costs.values()) if job.result is not None else 0.0
-            self.budgets.settle(job.slot, job.held, spent)
+        if job.hold is not None:
+            self.budgets.settle(job.hold, job.spent())
+
+    def _estimate(self, request) -> tuple[dict[str, float], float]:
+        """(estimated USD per image by model, the whole plan's estimate), as `generate` prices a plan."""
+        from cluster.costs.budget import estimate
+        from cluster.costs.config import load_costs
+        from cluster.history import History, safely
+        from cluster.planner import make_plan
+
+        history = History(self.config.history_db)
+        plan = make_plan(request, self.registry, history=safely(history.score))
+        counts: dict[str, int] = {}
+        for task in plan.tasks:
+            counts[task.model] = counts.get(task.model, 0) + 1
+        priced = estimate(counts, {s.id: s for s in self.registry}, safely(history.summary)() or {}, load_costs())
+        return {model: e.usd_per_image for model, e in priced.items()}, sum(e.usd for e in priced.values())
 
     async def _guarded(self, request: Request, handler):
         """`handler(caller)` for a request whose key is good; every failure an error envelope."""

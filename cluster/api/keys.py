@@ -43,25 +43,47 @@ class KeyCheck:
         return Caller(presented[:24])
 
 
-class KeyBudgets:
-    """What each API key may still spend today (UTC), over this server's life."""
+@dataclass
+class Hold:
+    """What a request holds of its key's day until it settles."""
 
-    def __init__(self, per_day_usd: float):
+    slot: tuple[str, str]
+    usd: float
+
+
+class KeyBudgets:
+    """What each API key may still spend today (UTC), over this server's life. A request holds its
+    estimate (at most what the key has left) while it runs, so a key's concurrent requests share
+    its remainder instead of the first holding all of it; it settles at what it really cost. Only
+    today's entries are kept: the table holds one row per configured key at most."""
+
+    def __init__(self, per_day_usd: float, clock=time.time):
         self.per_day_usd = per_day_usd
+        self._clock = clock
         self._spent: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def reserve(self, owner: str) -> tuple[tuple[str, str], float]:
-        """(the key's slot today, what it has left), all of it held for this request until `settle`,
-        so concurrent requests of one key cannot each spend the same remainder; IMG_029 when nothing is."""
-        slot = (owner, time.strftime("%Y-%m-%d", time.gmtime()))
+    def reserve(self, owner: str, estimate_usd: float) -> Hold:
+        """`estimate_usd` held for this request (or what is left, when less); IMG_029 when nothing is."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
+        slot = (owner, day)
         with self._lock:
-            left = self.per_day_usd - self._spent.get(slot, 0.0)
+            for table in (self._spent, self._held):
+                for old in [s for s in table if s[1] != day and (table is self._spent or not table[s])]:
+                    del table[old]
+            left = self.per_day_usd - self._spent.get(slot, 0.0) - self._held.get(slot, 0.0)
             if left <= 1e-9:
-                raise ImageGenError("IMG_029", f"this API key's budget for today (${self.per_day_usd:g}) is spent.")
-            self._spent[slot] = self.per_day_usd
-        return slot, left
+                raise ImageGenError("IMG_029", f"this API key's budget for today (${self.per_day_usd:g}) is spent, "
+                                               "or held by its requests in progress.")
+            usd = min(max(estimate_usd, 0.0), left)
+            self._held[slot] = self._held.get(slot, 0.0) + usd
+        return Hold(slot, usd)
 
-    def settle(self, slot: tuple[str, str], held: float, spent: float) -> None:
+    def settle(self, hold: Hold, spent: float) -> None:
         with self._lock:
-            self._spent[slot] = self._spent.get(slot, 0.0) - held + spent
+            self._held[hold.slot] = max(0.0, self._held.get(hold.slot, 0.0) - hold.usd)
+            self._spent[hold.slot] = self._spent.get(hold.slot, 0.0) + spent
+
+    def rows(self) -> int:
+        return len(self._spent) + len(self._held)

@@ -64,7 +64,8 @@ def server(ray_session, tiny_models, tmp_path_factory):
     models = server_models(tmp_path_factory.mktemp("serve-models"))
     bring_up(load_registry(models), ["tiny-flux"], load_scoring(), "none", load_limits())
     config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY), digest(OTHER_KEY)), max_queue=QUEUE, url_ttl_s=600,
-                          scorer="none", history_db=str(data / "history.sqlite"), config=str(models))
+                          scorer="none", history_db=str(data / "history.sqlite"), config=str(models),
+                          budget_usd_per_key_day=100.0)  # every request goes through its key's hold
     port = free_port()
     deployment = deploy(config, "127.0.0.1", port)
     yield {"url": deployment.url, "data": data, "config": config, "port": port, "deployment": deployment,

@@ -201,13 +201,15 @@ class ImageAPI:
         from cluster.costs.config import load_costs
         from cluster.history import History, safely
         from cluster.planner import make_plan
+        from cluster.run import runs_on_cpu
 
         history = History(self.config.history_db)
         plan = make_plan(request, self.registry, history=safely(history.score))
         counts: dict[str, int] = {}
         for task in plan.tasks:
             counts[task.model] = counts.get(task.model, 0) + 1
-        priced = estimate(counts, {s.id: s for s in self.registry}, safely(history.summary)() or {}, load_costs())
+        priced = estimate(counts, {s.id: s for s in self.registry}, safely(history.summary)() or {}, load_costs(),
+                          runs_on_cpu(request))
         return {model: e.usd_per_image for model, e in priced.items()}, sum(e.usd for e in priced.values())
 
     async def _guarded(self, request: Request, handler):

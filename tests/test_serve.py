@@ -158,6 +158,51 @@ def test_errors_arrive_as_the_clients_typed_exceptions_with_the_img_code(client)
     assert empty.value.body["code"] == "IMG_009" and "Traceback" not in str(empty.value.body)
 
 
+def images(server, body: dict, key: str = KEY) -> tuple[int, dict]:
+    return post_json(server["url"], "/v1/images/generations", body, {"Authorization": f"Bearer {key}"})
+
+
+def multi(server, body: dict) -> tuple[int, dict]:
+    return post_json(server["url"], "/v1/multi-image", {"image-prompt": "a pier", **body},
+                     {"Authorization": f"Bearer {KEY}"})
+
+
+@pytest.mark.parametrize("body, status, code, param", [
+    ({"model": "tiny-flux,slow", "n": 10}, 400, "IMG_011", "model"),  # one model: no 10 x N images
+    ({"model": "tiny-flux", "size": "256x256"}, 400, "IMG_017", "size"),  # past the model's largest side
+    ({"model": "flux-schnell", "size": "4096x4096"}, 400, "IMG_017", "size"),
+    ({"model": "tiny-flux", "n": "2"}, 400, "IMG_001", "n"),  # strictly typed: no strings,
+    ({"model": "tiny-flux", "n": True}, 400, "IMG_001", "n"),  # no booleans,
+    ({"model": "tiny-flux", "size": "\uff16\uff14x64"}, 400, "IMG_017", "size"),  # no full-width digits
+    ({"model": "tiny-flux", "stream": True}, 400, "IMG_011", "stream"),
+])
+def test_images_requests_past_the_apis_caps_or_loosely_typed_are_refused(server, body, status, code, param):
+    answer = images(server, {"prompt": "a red fox", **body})
+    assert (answer[0], answer[1]["error"]["code"], answer[1]["error"]["param"]) == (status, code, param), answer
+
+
+@pytest.mark.parametrize("body, code, param", [
+    ({"models": "tiny-flux,slow", "image-count": "6"}, "IMG_001", "image-count"),  # 12 images
+    ({"models": "tiny-flux", "steps": "200"}, "IMG_017", "steps"),
+    ({"models": "tiny-flux", "max-parallel": "64"}, "IMG_014", "max-parallel"),
+    ({"models": "tiny-flux", "width": "4096"}, "IMG_017", "width"),
+    ({"models": "tiny-flux", "image-count": "\uff12"}, "IMG_001", "image-count"),
+    ({"models": "tiny-flux", "image-count": True}, "IMG_001", "image-count"),
+])
+def test_multi_image_requests_within_the_apis_own_caps(server, body, code, param):
+    status, answer = multi(server, body)
+    assert (status, answer["error"]["code"], answer["error"]["param"]) == (400, code, param), answer
+
+
+def test_optional_fields_sent_as_null_count_as_absent_and_the_bearer_scheme_is_case_insensitive(server):
+    status, answer = images(server, {"prompt": "a red fox", "model": "tiny-flux", "n": None, "size": None,
+                                     "response_format": None, "quality": None, "style": None, "user": None})
+    assert status == 200 and len(answer["data"]) == 1 and "b64_json" in answer["data"][0]
+    status, _ = post_json(server["url"], "/v1/images/generations", {"prompt": "a fox", "model": "tiny-flux"},
+                          {"Authorization": f"bearer {KEY}"})
+    assert status == 200
+
+
 def test_models_and_health(client, server):
     ids = {m.id for m in client.models.list()}
     assert {"tiny-flux", "flux-schnell", "imagen4-fast"} <= ids

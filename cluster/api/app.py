@@ -247,7 +247,7 @@ class ImageAPI:
     @api.post("/v1/images/generations")
     async def images(self, request: Request):
         async def handler(caller: Caller):
-            body = parse_images_request(await self._body(request))
+            body = parse_images_request(await self._body(request), self.registry)
             token, folder = self.data.new_request()
             base = str(request.base_url).rstrip("/")
             url = body.response_format == "url"
@@ -291,8 +291,8 @@ class ImageAPI:
                         "image_urls": [f"{base}/v1/multi-image/{folder.name}/images/{f.filename}"
                                        for f in result.outcome.images]}
 
-            return await self._generate(multi_image_inputs(body, str(folder), self.config.scorer, self.config.upload_uri),
-                                        caller, folder, answer, keep=lambda answered: True)
+            raw = multi_image_inputs(body, str(folder), self.config.scorer, self.registry, self.config.upload_uri)
+            return await self._generate(raw, caller, folder, answer, keep=lambda answered: True)
 
         return await self._guarded(request, handler)
 

@@ -64,6 +64,7 @@ def server(ray_session, tiny_models, tmp_path_factory):
     models = server_models(tmp_path_factory.mktemp("serve-models"))
     bring_up(load_registry(models), ["tiny-flux"], load_scoring(), "none", load_limits())
     config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY), digest(OTHER_KEY)), max_queue=QUEUE, url_ttl_s=600,
+                          body_timeout_s=2.0,
                           scorer="none", history_db=str(data / "history.sqlite"), config=str(models),
                           budget_usd_per_key_day=100.0)  # every request goes through its key's hold
     port = free_port()
@@ -201,6 +202,76 @@ def test_optional_fields_sent_as_null_count_as_absent_and_the_bearer_scheme_is_c
     status, _ = post_json(server["url"], "/v1/images/generations", {"prompt": "a fox", "model": "tiny-flux"},
                           {"Authorization": f"bearer {KEY}"})
     assert status == 200
+
+
+def raw_http(server, head: str, body: bytes = b"", chunks: list[bytes] | None = None,
+             pause_s: float = 0.0) -> tuple[int, str, bytes]:
+    """(status, content type, body) of a request written byte by byte on a socket: what a client
+    library would never send."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        try:
+            for chunk in chunks or []:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                time.sleep(pause_s)
+        except OSError:
+            pass  # the server answered and closed before the client finished: as it should
+        answer = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    head_part, _, payload = answer.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers.get("content-type", ""), payload
+
+
+def post_head(path: str, extra: str) -> str:
+    return (f"POST {path} HTTP/1.1\nHost: x\nAuthorization: Bearer {KEY}\nContent-Type: application/json\n"
+            f"Connection: close\n{extra}")
+
+
+def envelope_code(payload: bytes) -> str:
+    if b"\r\n" in payload.split(b"{", 1)[0]:  # a chunked answer: its first chunk's size line
+        payload = payload.split(b"\r\n", 1)[1]
+    return json.loads(payload[:payload.rindex(b"}") + 1])["error"]["code"]
+
+
+def test_bodies_over_64_kb_declared_or_chunked_and_slow_bodies_are_refused_before_any_work(server):
+    made = len(list((server["data"] / "images").iterdir()))
+    status, kind, payload = raw_http(server, post_head("/v1/images/generations", "Content-Length: 100000\n"))
+    assert (status, envelope_code(payload)) == (413, "IMG_011") and "json" in kind
+    # chunked: no length declared; refused once 64 KB have arrived, while the client still sends
+    status, _, payload = raw_http(server, post_head("/v1/images/generations", "Transfer-Encoding: chunked\n"),
+                                  chunks=[b" " * 16384] * 64)
+    assert (status, envelope_code(payload)) == (413, "IMG_011")
+    # a body that stops arriving: refused at the body timeout (2 s here), not held for ever
+    status, _, payload = raw_http(server, post_head("/v1/multi-image", "Transfer-Encoding: chunked\n"),
+                                  chunks=[b"{"], pause_s=4)
+    assert (status, envelope_code(payload)) == (408, "IMG_011")
+    # a negative length never reaches the API: Ray Serve's HTTP parser refuses it (400, its own text)
+    status, _, _ = raw_http(server, post_head("/v1/images/generations", "Content-Length: -5\n"), b"{}")
+    assert status == 400
+    assert len(list((server["data"] / "images").iterdir())) == made and health(server)["busy"] == 0
+
+
+def test_malformed_requests_are_4xx_envelopes(server):
+    nested = b"[" * 20000 + b"]" * 20000
+    status, _, payload = raw_http(server, post_head("/v1/images/generations", f"Content-Length: {len(nested)}\n"),
+                                  nested)
+    assert (status, envelope_code(payload)) == (400, "IMG_011")
+    surrogate = b'{"model": "tiny-flux", "prompt": "a\\ud800b"}'
+    status, _, payload = raw_http(server, post_head("/v1/images/generations", f"Content-Length: {len(surrogate)}\n"),
+                                  surrogate)
+    assert (status, envelope_code(payload)) == (400, "IMG_011")
+    status, _, payload = raw_http(server, f"GET /v1/images/generations HTTP/1.1\nHost: x\nConnection: close\n")
+    assert (status, envelope_code(payload)) == (405, "IMG_011")
+    status, _, payload = raw_http(server, f"GET /v2/nothing HTTP/1.1\nHost: x\nConnection: close\n")
+    assert (status, envelope_code(payload)) == (404, "IMG_011")
 
 
 def test_models_and_health(client, server):

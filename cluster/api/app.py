@@ -22,11 +22,12 @@ from pathlib import Path
 # (a postponed `Request` would be taken for a query parameter)
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from cluster.api.keys import Caller, Hold, KeyBudgets, KeyCheck, digest  # noqa: F401 - digest: the CLI's and tests' import
-from cluster.api.schema import (MAX_BODY_BYTES, envelope, multi_image_inputs, parse_images_request, raw_inputs,
-                                retry_helps, status_for)
+from cluster.api.schema import (MAX_BODY_BYTES, ApiError, check_text, envelope, multi_image_inputs,
+                                parse_images_request, raw_inputs, retry_helps, status_for)
 from cluster.api.storage import DataDir
 from cluster.errors import ImageGenError, describe_exception
 
@@ -45,6 +46,7 @@ class ServerConfig:
     history_db: str | None = None
     budget_usd_per_key_day: float | None = None  # what each API key may spend per UTC day
     upload_uri: str | None = None  # gs://bucket/prefix: `url` responses point at GCS
+    body_timeout_s: float = 10.0  # a request body that takes longer to arrive is refused (408)
     # cluster.env.forwarded() of the `serve` process; holds secrets, so never in a repr
     environment: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -77,6 +79,15 @@ class Job:
         return sum(self.prices.get(model, fallback) for model in self.made)
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """No such route, or not with this method: the error envelope, as for every other answer."""
+    what = {404: f"no route {request.url.path}; the API serves /v1/images/generations, /v1/models, "
+                 "/v1/multi-image and /healthz.",
+            405: f"{request.method} is not a method of {request.url.path}."}.get(exc.status_code, str(exc.detail))
+    return error_response(ApiError("IMG_011", what, status=exc.status_code))
+
+
 def error_response(error: ImageGenError, param: str | None = None, status: int | None = None) -> JSONResponse:
     status = status or status_for(error)
     # the openai client retries 408, 409, 429 and 5xx twice by default: each retry is a whole new run
@@ -84,7 +95,8 @@ def error_response(error: ImageGenError, param: str | None = None, status: int |
     return JSONResponse(envelope(error, param, status), status_code=status, headers=headers)
 
 
-@serve.deployment(name="images", max_ongoing_requests=64, graceful_shutdown_timeout_s=5)
+# Serve's own queue in front of the replica is bounded too: past it, Serve answers 503 itself
+@serve.deployment(name="images", max_ongoing_requests=64, max_queued_requests=64, graceful_shutdown_timeout_s=5)
 @serve.ingress(api)
 class ImageAPI:
     def __init__(self, config: ServerConfig):
@@ -110,16 +122,35 @@ class ImageAPI:
     # --- plumbing -----------------------------------------------------------------------
 
     async def _body(self, request: Request):
+        """The request's JSON: at most MAX_BODY_BYTES, counted as it streams in (a chunked body
+        declares no length), within the body timeout."""
+        too_large = ApiError("IMG_011", f"the request body is larger than {MAX_BODY_BYTES // 1024} KB.", status=413)
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            raise ImageGenError("IMG_011", f"the request body is larger than {MAX_BODY_BYTES // 1024} KB.")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise ImageGenError("IMG_011", f"the request body is larger than {MAX_BODY_BYTES // 1024} KB.")
+            raise too_large
+
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise too_large
+                chunks.append(chunk)
+            return b"".join(chunks)
+
         try:
-            return json.loads(body or b"null")
+            body = await asyncio.wait_for(read(), timeout=self.config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError("IMG_011", f"the request body did not arrive within {self.config.body_timeout_s:g}s.",
+                           status=408) from None
+        try:
+            parsed = json.loads(body or b"null")
+        except RecursionError:
+            raise ApiError("IMG_011", "the request body nests too deeply.") from None
         except ValueError:
-            raise ImageGenError("IMG_011", "the request body is not JSON.") from None
+            raise ApiError("IMG_011", "the request body is not JSON.") from None
+        check_text(parsed)
+        return parsed
 
     def _admit(self) -> bool:
         with self._lock:

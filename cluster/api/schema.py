@@ -45,15 +45,17 @@ _WHOLE = re.compile(r"[0-9]{1,10}")
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
-class FieldError(ImageGenError):
-    """An error in one field of the request: `param` names it in the envelope."""
+class ApiError(ImageGenError):
+    """An error of the request as HTTP sees it: `param` names the field at fault in the envelope;
+    `status` overrides the code's HTTP status (413 too large, 408 too slow)."""
 
-    def __init__(self, code: str, message: str, param: str | None = None, retryable: bool = False):
-        super().__init__(code, message, retryable)
+    def __init__(self, code: str, message: str, param: str | None = None, status: int | None = None):
+        super().__init__(code, message)
         self.param = param
+        self.status = status
 
     def __reduce__(self):
-        return (type(self), (self.code, self.message, self.param, self.retryable))
+        return (type(self), (self.code, self.message, self.param, self.status))
 
 
 class ImagesRequest(BaseModel):
@@ -83,6 +85,8 @@ class ImagesRequest(BaseModel):
 
 
 def status_for(error: ImageGenError) -> int:
+    if getattr(error, "status", None):
+        return error.status
     if error.code in STATUS:
         return STATUS[error.code]
     return 400 if ERROR_CODES[error.code][1] == 2 else 500
@@ -114,7 +118,7 @@ def check_text(body: Any, where: str = "body") -> None:
         try:
             body.encode("utf-8")
         except UnicodeEncodeError:
-            raise FieldError("IMG_011", f"{where} holds text that is not valid Unicode (an unpaired surrogate).",
+            raise ApiError("IMG_011", f"{where} holds text that is not valid Unicode (an unpaired surrogate).",
                              None if where == "body" else where) from None
     elif isinstance(body, dict):
         for key, value in body.items():
@@ -127,26 +131,26 @@ def check_text(body: Any, where: str = "body") -> None:
 
 def parse_images_request(body: Any, registry) -> ImagesRequest:
     if not isinstance(body, dict):
-        raise FieldError("IMG_011", "the request body must be a JSON object.")
+        raise ApiError("IMG_011", "the request body must be a JSON object.")
     try:
         request = ImagesRequest(**present(body))
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise FieldError(CODE_OF_FIELD.get(field, "IMG_011"), f"{field}: {first['msg']}.", field) from None
+        raise ApiError(CODE_OF_FIELD.get(field, "IMG_011"), f"{field}: {first['msg']}.", field) from None
     if request.stream:
-        raise FieldError("IMG_011", "stream: this server answers with whole images, not streamed partial ones; "
+        raise ApiError("IMG_011", "stream: this server answers with whole images, not streamed partial ones; "
                                     "leave stream out or send false.", "stream")
     if request.output_format not in (None, "png"):
-        raise FieldError("IMG_011", f"output_format {request.output_format!r}: this server makes PNG images.",
+        raise ApiError("IMG_011", f"output_format {request.output_format!r}: this server makes PNG images.",
                          "output_format")
     check_prompt(request.prompt, "prompt")
     if not 1 <= request.n <= MAX_IMAGES:
-        raise FieldError("IMG_001", f"n {request.n} is out of range; give 1 to {MAX_IMAGES}.", "n")
+        raise ApiError("IMG_001", f"n {request.n} is out of range; give 1 to {MAX_IMAGES}.", "n")
     specs = model_specs(request.model, registry, "model")
     if request.size != "auto":
         if not _SIZE.fullmatch(request.size):
-            raise FieldError("IMG_017", f"size {request.size!r} must be WIDTHxHEIGHT in digits, e.g. 1024x1024, "
+            raise ApiError("IMG_017", f"size {request.size!r} must be WIDTHxHEIGHT in digits, e.g. 1024x1024, "
                                         "or auto.", "size")
         for side in request.dimensions():
             check_side(side, specs, "size")
@@ -156,11 +160,11 @@ def parse_images_request(body: Any, registry) -> ImagesRequest:
 def check_prompt(prompt: str, field: str) -> None:
     text = prompt.strip()
     if not text:
-        raise FieldError("IMG_009", f"{field} is empty; describe the image to generate.", field)
+        raise ApiError("IMG_009", f"{field} is empty; describe the image to generate.", field)
     if any(ord(c) < 32 and c not in "\n\t\r" for c in text):
-        raise FieldError("IMG_009", f"{field} holds control characters; send plain text.", field)
+        raise ApiError("IMG_009", f"{field} holds control characters; send plain text.", field)
     if len(text) > MAX_PROMPT_CHARS:
-        raise FieldError("IMG_009", f"{field} is {len(text)} characters long; keep it within {MAX_PROMPT_CHARS}.",
+        raise ApiError("IMG_009", f"{field} is {len(text)} characters long; keep it within {MAX_PROMPT_CHARS}.",
                          field)
 
 
@@ -171,14 +175,14 @@ def model_specs(value: str, registry, field: str) -> list:
     if names == ["auto"]:
         return [s for s in registry if s.auto_select] or list(registry)
     if field == "model" and "," in value:
-        raise FieldError("IMG_011", "model names one model; for several at once, use POST /v1/multi-image "
+        raise ApiError("IMG_011", "model names one model; for several at once, use POST /v1/multi-image "
                                     "with `models`.", field)
     specs = []
     for name in names:
         spec = registry.resolve(name) if name else None
         if spec is None:
             known = ", ".join(s.id for s in registry)
-            raise FieldError("IMG_002", f"{field}: {name!r} is not a model of this server; GET /v1/models lists "
+            raise ApiError("IMG_002", f"{field}: {name!r} is not a model of this server; GET /v1/models lists "
                                         f"them ({known}).", field)
         specs.append(spec)
     return specs
@@ -191,10 +195,10 @@ def largest_side(spec) -> int:
 def check_side(side: int, specs: list, field: str) -> None:
     top = min(largest_side(s) for s in specs)
     if not MIN_SIDE <= side <= top:
-        raise FieldError("IMG_017", f"{field}: {side} is out of range; give {MIN_SIDE} to {top} for "
+        raise ApiError("IMG_017", f"{field}: {side} is out of range; give {MIN_SIDE} to {top} for "
                                     f"{' / '.join(s.id for s in specs[:3])}.", field)
     if side % SIDE_MULTIPLE:
-        raise FieldError("IMG_017", f"{field}: {side} is not a multiple of {SIDE_MULTIPLE}; try "
+        raise ApiError("IMG_017", f"{field}: {side} is not a multiple of {SIDE_MULTIPLE}; try "
                                     f"{side // SIDE_MULTIPLE * SIDE_MULTIPLE or SIDE_MULTIPLE}.", field)
 
 
@@ -213,17 +217,17 @@ def multi_image_inputs(body: Any, folder: str, scorer: str | None, registry,
     """POST /v1/multi-image: the design card's request, with the Action's input names, within the
     API's caps."""
     if not isinstance(body, dict):
-        raise FieldError("IMG_011", "the request body must be a JSON object of the Action's inputs.")
+        raise ApiError("IMG_011", "the request body must be a JSON object of the Action's inputs.")
     body = present(body)
     unknown = sorted(set(body) - set(MULTI_IMAGE_INPUTS))
     if unknown:
-        raise FieldError("IMG_011", f"unknown input(s): {', '.join(map(repr, unknown))}; this endpoint takes "
+        raise ApiError("IMG_011", f"unknown input(s): {', '.join(map(repr, unknown))}; this endpoint takes "
                                     f"{', '.join(sorted(MULTI_IMAGE_INPUTS))}.", unknown[0])
     for name, value in body.items():
         if isinstance(value, (dict, list)):
-            raise FieldError("IMG_011", f"{name} must be a string, a number or a boolean.", name)
+            raise ApiError("IMG_011", f"{name} must be a string, a number or a boolean.", name)
         if name in NUMERIC_INPUTS and (isinstance(value, (bool, float)) or not _WHOLE.fullmatch(str(value).strip())):
-            raise FieldError(NUMERIC_INPUTS[name], f"{name} {value!r} must be a whole number in ASCII digits.", name)
+            raise ApiError(NUMERIC_INPUTS[name], f"{name} {value!r} must be a whole number in ASCII digits.", name)
     raw = {k.replace("-", "_"): str(v).lower() if isinstance(v, bool) else str(v)
            for k, v in body.items() if k != "folder-name"}
     specs = check_multi_image_caps(raw, registry)
@@ -244,14 +248,14 @@ def check_multi_image_caps(raw: dict[str, str], registry) -> list:
     count = _int(raw.get("image_count"), 1)
     listed = 1 if (raw.get("models") or "auto").strip() == "auto" else len(specs)
     if count is not None and count * listed > MAX_IMAGES:
-        raise FieldError("IMG_001", f"image-count {count} x {listed} model(s) is {count * listed} images; this "
+        raise ApiError("IMG_001", f"image-count {count} x {listed} model(s) is {count * listed} images; this "
                                     f"server makes at most {MAX_IMAGES} per request.", "image-count")
     steps = _int(raw.get("steps"), None)
     if steps is not None and steps > MAX_STEPS:
-        raise FieldError("IMG_017", f"steps {steps} is out of range here; give 1 to {MAX_STEPS}.", "steps")
+        raise ApiError("IMG_017", f"steps {steps} is out of range here; give 1 to {MAX_STEPS}.", "steps")
     parallel = _int(raw.get("max_parallel"), None)
     if parallel is not None and parallel > MAX_PARALLEL:
-        raise FieldError("IMG_014", f"max-parallel {parallel} is out of range here; give 1 to {MAX_PARALLEL}.",
+        raise ApiError("IMG_014", f"max-parallel {parallel} is out of range here; give 1 to {MAX_PARALLEL}.",
                          "max-parallel")
     for name in ("width", "height"):
         side = _int(raw.get(name), None)

@@ -34,8 +34,8 @@ def free_port() -> int:
 
 
 def server_models(folder: Path) -> Path:
-    """The bundled models, and `slow`: a scripted model (tests/scripted_backend.py) whose calls hang
-    until cancelled, to hold requests in flight."""
+    """The bundled models, and two scripted models (tests/scripted_backend.py): `slow`, whose calls
+    hang until cancelled, to hold requests in flight, and `failing`, whose calls all fail."""
     import yaml
 
     from models.registry import DEFAULT_MODELS_FILE
@@ -44,6 +44,8 @@ def server_models(folder: Path) -> Path:
     doc["models"]["slow"] = {"backend": "custom", "factory": "tests.scripted_backend:ScriptedGenerator",
                              "remote": True, "weights": "random", "width": 32, "height": 32, "steps": 1,
                              "auto_select": False, "call_args": {"hang": 120, "log": str(folder / "slow.jsonl")}}
+    doc["models"]["failing"] = {**doc["models"]["slow"], "call_args": {
+        "fail_calls": list(range(1, 100)), "fail_code": "IMG_020", "counter": str(folder / "failing.counter")}}
     path = folder / "models.yaml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
@@ -52,6 +54,8 @@ def server_models(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(ray_session, tiny_models, tmp_path_factory):
     from ray import serve
+
+    import dataclasses
 
     from cluster.api.app import ServerConfig
     from cluster.api.server import deploy, undeploy
@@ -68,6 +72,8 @@ def server(ray_session, tiny_models, tmp_path_factory):
                           scorer="none", history_db=str(data / "history.sqlite"), config=str(models),
                           budget_usd_per_key_day=100.0)  # every request goes through its key's hold
     port = free_port()
+    # clients reach it by another name than the one it binds (as through a proxy): url answers use that
+    config = dataclasses.replace(config, public_url=f"http://localhost:{port}")
     deployment = deploy(config, "127.0.0.1", port)
     yield {"url": deployment.url, "data": data, "config": config, "port": port, "deployment": deployment,
            "slow_log": models.parent / "slow.jsonl"}
@@ -105,7 +111,7 @@ def test_url_images_are_served_by_the_server(client, server):
     result = client.images.generate(model="tiny-flux", prompt="a fox in the snow", n=1, size="128x64",
                                     response_format="url")
     url = result.data[0].url
-    assert url.startswith(server["url"] + "/v1/files/")
+    assert url.startswith(f"http://localhost:{server['port']}/v1/files/")  # --public-url
     with urllib.request.urlopen(url, timeout=30) as response:
         assert response.headers["content-type"] == "image/png" and png_size(response.read()) == (128, 64)
     request_json = json.loads((server["data"] / "images" / url.split("/")[-2] / "request.json").read_text())
@@ -274,6 +280,56 @@ def test_malformed_requests_are_4xx_envelopes(server):
     assert (status, envelope_code(payload)) == (404, "IMG_011")
 
 
+def test_failures_answer_what_a_client_can_act_on_and_the_rest_goes_to_the_log(server):
+    status, answer = images(server, {"prompt": "a red fox", "model": "failing"})
+    error = answer["error"]
+    assert (status, error["code"]) == (500, "IMG_020") and "reference" in error["message"]
+    assert "scripted failure" not in error["message"] and "Error" not in error["message"]
+    # `auto` with no model available here: the answer names the API's field, not a CLI flag or a download
+    status, answer = multi(server, {})
+    error = answer["error"]
+    assert (status, error["code"], error["param"]) == (404, "IMG_002", "models")
+    assert "--" not in error["message"] and "huggingface" not in error["message"]
+    status, answer = multi(server, {"models": "tiny-flux", "width": "100"})
+    assert (status, answer["error"]["param"]) == (400, "width")
+    assert answer["error"]["message"] == "width: 100 is not a multiple of 16; try 96."
+
+
+def test_run_messages_in_the_apis_terms():
+    from cluster.api.wording import public_error
+    from cluster.errors import ImageGenError
+
+    def said(code: str, message: str, route: str = "multi-image") -> tuple[str, str | None]:
+        error = public_error(ImageGenError(code, message), route)
+        return error.message, error.param
+
+    assert said("IMG_017", "--steps 0 is out of range; give 1 to 200.") == \
+        ("steps 0 is out of range; give 1 to 200.", "steps")
+    assert said("IMG_009", "--image-prompt is empty; describe the image to generate.", "images") == \
+        ("prompt is empty; describe the image to generate.", "prompt")
+    disk, _ = said("IMG_005", "/srv/kamui/serve has 1.0 MB free; ... Free some space or choose another --folder-name.")
+    assert "/srv" not in disk and "--" not in disk and "reference" in disk
+    died, _ = said("IMG_020", "ActorDiedError: The actor died unexpectedly. actor_id=9f3e pid=4242 ip=10.0.0.7")
+    assert "actor" not in died.lower() and "4242" not in died and "10.0.0.7" not in died
+    budget, _ = said("IMG_029", "the plan is estimated at $0.060000, over --budget-usd $0.05 (imagen4-ultra: ...); "
+                                "ask for fewer images or cheaper models, or use --budget-policy degrade.")
+    assert "--" not in budget and "$0.060000" in budget and "left today ($0.050000)" in budget
+
+
+def test_no_schema_is_served_and_the_key_variable_leaves_the_environment(server, monkeypatch):
+    from cluster.api.server import load_keys, parse_public_url
+    from cluster.errors import ImageGenError
+
+    status, body = get(f"{server['url']}/openapi.json")
+    assert status == 404 and b"paths" not in body and json.loads(body)["error"]["code"] == "IMG_011"
+    monkeypatch.setenv("KAMUI_TEST_KEYS", f"{KEY},{OTHER_KEY}")
+    assert load_keys("KAMUI_TEST_KEYS", None) == [KEY, OTHER_KEY]
+    assert "KAMUI_TEST_KEYS" not in os.environ  # an embedded Ray's workers will not inherit it
+    assert parse_public_url("https://images.example.com/kamui/") == "https://images.example.com/kamui"
+    with pytest.raises(ImageGenError):
+        parse_public_url("images.example.com")
+
+
 def test_models_and_health(client, server):
     ids = {m.id for m in client.models.list()}
     assert {"tiny-flux", "flux-schnell", "imagen4-fast"} <= ids
@@ -311,6 +367,11 @@ def test_multi_image_endpoint_writes_the_design_cards_layout(server):
     assert result["outputs"]["images-completed"] == "2" and len(result["image_urls"]) == 2
     folder = server["data"] / "multi-image" / digest(KEY)[:24] / "scene-1"
     assert (folder / "images/generated-image.png").is_file() and (folder / "metadata/generation-report.json").is_file()
+    # the answer speaks of the API's URLs, never of the server's paths, nodes or addresses
+    text = json.dumps(result)
+    assert str(server["data"]) not in text and "node_id" not in text and "gcs_address" not in text
+    assert json.loads(result["outputs"]["image-urls"]) == result["image_urls"]
+    assert result["report"]["request"]["folder_name"] == "."
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:

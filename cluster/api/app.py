@@ -29,9 +29,11 @@ from cluster.api.keys import Caller, Hold, KeyBudgets, KeyCheck, digest  # noqa:
 from cluster.api.schema import (MAX_BODY_BYTES, ApiError, check_text, envelope, multi_image_inputs,
                                 parse_images_request, raw_inputs, retry_helps, status_for)
 from cluster.api.storage import DataDir
+from cluster.api.wording import public_error, public_report
 from cluster.errors import ImageGenError, describe_exception
 
-api = FastAPI(title="kamui-multi-image", docs_url=None, redoc_url=None)
+# no schema or docs routes: they would be the one thing served without a key
+api = FastAPI(title="kamui-multi-image", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ServerConfig:
     budget_usd_per_key_day: float | None = None  # what each API key may spend per UTC day
     upload_uri: str | None = None  # gs://bucket/prefix: `url` responses point at GCS
     body_timeout_s: float = 10.0  # a request body that takes longer to arrive is refused (408)
+    public_url: str | None = None  # where clients reach the server (a TLS proxy in front): `url` answers use it
     # cluster.env.forwarded() of the `serve` process; holds secrets, so never in a repr
     environment: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -243,8 +246,9 @@ class ImageAPI:
                           runs_on_cpu(request))
         return {model: e.usd_per_image for model, e in priced.items()}, sum(e.usd for e in priced.values())
 
-    async def _guarded(self, request: Request, handler):
-        """`handler(caller)` for a request whose key is good; every failure an error envelope."""
+    async def _guarded(self, request: Request, handler, route: str = "images"):
+        """`handler(caller)` for a request whose key is good; every failure an error envelope in
+        `route`'s terms, with nothing of the server's insides."""
         try:
             caller = self.keys.caller(request.headers.get("authorization", ""))
         except ImageGenError as refused:
@@ -253,9 +257,13 @@ class ImageAPI:
             await asyncio.to_thread(self.data.sweep_if_due)
             return await handler(caller)
         except ImageGenError as exc:
-            return error_response(exc)
+            return error_response(public_error(exc, route))
         except Exception as exc:  # noqa: BLE001 - never a traceback to a client
-            return error_response(ImageGenError("IMG_020", f"unexpected failure: {describe_exception(exc)}"))
+            return error_response(public_error(ImageGenError("IMG_020", describe_exception(exc)), route))
+
+    def _base(self, request: Request) -> str:
+        """Where clients reach this server: --public-url behind a proxy, else the request's own."""
+        return self.config.public_url or str(request.base_url).rstrip("/")
 
     # --- endpoints ----------------------------------------------------------------------
 
@@ -280,7 +288,7 @@ class ImageAPI:
         async def handler(caller: Caller):
             body = parse_images_request(await self._body(request), self.registry)
             token, folder = self.data.new_request()
-            base = str(request.base_url).rstrip("/")
+            base = self._base(request)
             url = body.response_format == "url"
             data = await self._generate(raw_inputs(body, str(folder), self.config.scorer, self.config.upload_uri),
                                         caller, folder, lambda result: self._answer_images(body, result, folder, token, base),
@@ -315,17 +323,18 @@ class ImageAPI:
             body = await self._body(request)
             name = body.get("folder-name") if isinstance(body, dict) else None
             folder = self.data.multi_folder(caller.owner, name)
-            base = str(request.base_url).rstrip("/")
+            base = self._base(request)
 
             def answer(result) -> dict:
-                return {"report": result.written.report, "outputs": result.outputs, "folder-name": folder.name,
-                        "image_urls": [f"{base}/v1/multi-image/{folder.name}/images/{f.filename}"
-                                       for f in result.outcome.images]}
+                images = f"{base}/v1/multi-image/{folder.name}/images"
+                return {"report": public_report(result.written.report, str(folder), images),
+                        "outputs": public_report(result.outputs, str(folder), images), "folder-name": folder.name,
+                        "image_urls": [f"{images}/{f.filename}" for f in result.outcome.images]}
 
             raw = multi_image_inputs(body, str(folder), self.config.scorer, self.registry, self.config.upload_uri)
             return await self._generate(raw, caller, folder, answer, keep=lambda answered: True)
 
-        return await self._guarded(request, handler)
+        return await self._guarded(request, handler, "multi-image")
 
     @api.get("/v1/files/{token}/{filename}")
     async def file(self, token: str, filename: str):
@@ -341,4 +350,4 @@ class ImageAPI:
         async def handler(caller: Caller):
             return FileResponse(self.data.multi_image(caller.owner, name, filename), media_type="image/png")
 
-        return await self._guarded(request, handler)
+        return await self._guarded(request, handler, "multi-image")

@@ -82,6 +82,21 @@ def check_budget_keys(budget_per_key_day: float | None, keys: list[str]) -> None
                                        "(--api-key-env or --api-key-file).")
 
 
+def parse_public_url(value: str | None) -> str | None:
+    """--public-url: the scheme, host and path prefix clients use (a TLS-terminating proxy in
+    front of the server); `url` answers and image URLs start with it."""
+    from urllib.parse import urlsplit
+
+    if value is None or not value.strip():
+        return None
+    text = value.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ImageGenError("IMG_011", f"--public-url {value!r} must be http(s)://HOST[:PORT][/PATH], e.g. "
+                                       "https://images.example.com.")
+    return text
+
+
 def deploy(config, host: str, port: int, *, replace: bool = False) -> Deployment:
     """Ray Serve on the connected cluster, the API deployed; where it really serves. Refused when
     Serve already runs with its proxy elsewhere, or (unless `replace`) when a server is deployed."""

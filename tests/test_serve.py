@@ -549,24 +549,48 @@ def test_the_serve_command_refuses_an_open_bind_without_a_key(capsys):
 
 
 @pytest.mark.slow  # its own Ray and Serve: `-m slow`, and CI
-def test_the_serve_command_starts_reports_its_url_and_stops_on_a_signal(tmp_path, tiny_models):
+def test_the_serve_command_reports_its_url_and_a_signal_answers_the_requests_in_flight(tmp_path, tiny_models):
+    """SIGTERM with a request in flight (its first image made, its second hanging): the request gets
+    the image it has before the process exits, nothing is stranded in hidden journal folders, and
+    the proxy this command started is gone with it."""
+    import yaml
+
+    from tests.scripted_backend import read_log
+
+    models = server_models(tmp_path)
+    doc = yaml.safe_load(models.read_text())
+    doc["models"]["slow"]["call_args"].update(hang_calls=[2], counter=str(tmp_path / "slow.counter"))
+    models.write_text(yaml.safe_dump(doc))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KAMUI_TEST_KEY": KEY}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--address", "local",
                                 "--api-key-env", "KAMUI_TEST_KEY", "--data-dir", str(tmp_path / "data"),
-                                "--scorer", "none"],
+                                "--scorer", "none", "--config", str(models)],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
         line = process.stdout.readline()
         assert f"serving the OpenAI Images API at http://127.0.0.1:{port}/v1" in line, process.stderr.read()[-2000:]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as response:
-            assert json.loads(response.read())["status"] == "ok"
+        server = {"url": f"http://127.0.0.1:{port}", "port": port}
+        answers: list = []
+        request = threading.Thread(target=lambda: answers.append(images(server, {
+            "prompt": "a slow lantern", "model": "slow", "n": 2, "size": "32x32", "response_format": "url"})))
+        request.start()
+        log = tmp_path / "slow.jsonl"
+        assert wait_for(lambda: [e["event"] for e in read_log(log)].count("end") == 1 and
+                        [e["event"] for e in read_log(log)].count("start") == 2, timeout=60), read_log(log)
         os.kill(process.pid, signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
+        request.join(timeout=60)
+        out, err = process.communicate(timeout=90)
         assert process.returncode == 0 and "the API stopped" in out, err[-2000:]
         assert KEY not in out + err  # the key is never printed
+        ((status, answer),) = answers
+        assert status == 200 and len(answer["data"]) == 1, answer  # what it had when the server stopped
+        hidden = [p for p in (tmp_path / "data").rglob(".*")]
+        assert hidden == [], hidden
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -54,7 +54,7 @@ class ServerConfig:
     environment: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
-@dataclass
+@dataclass(eq=False)  # one per request, kept in a set by identity
 class Job:
     """One request's run: the event that stops it, its budget hold, and what it made."""
 
@@ -99,7 +99,7 @@ def error_response(error: ImageGenError, param: str | None = None, status: int |
 
 
 # Serve's own queue in front of the replica is bounded too: past it, Serve answers 503 itself
-@serve.deployment(name="images", max_ongoing_requests=64, max_queued_requests=64, graceful_shutdown_timeout_s=5)
+@serve.deployment(name="images", max_ongoing_requests=64, max_queued_requests=64, graceful_shutdown_timeout_s=10)
 @serve.ingress(api)
 class ImageAPI:
     def __init__(self, config: ServerConfig):
@@ -115,6 +115,8 @@ class ImageAPI:
         self.data = DataDir(Path(config.data_dir), config.url_ttl_s)
         self.data.start()
         self._busy = 0
+        self._jobs: set[Job] = set()
+        self._stopping = False
         self._lock = threading.Lock()
         # runs block their thread for minutes: a pool of their own, so they never hold up the short
         # work (parsing, sweeps, encoding) that the default pool does, however many are admitted
@@ -177,6 +179,8 @@ class ImageAPI:
         for it any more (the client left, the request timed out); `keep(answered)` says whether the
         folder stays once the request is over."""
         request = await asyncio.to_thread(self._parse, raw)
+        if self._stopping:
+            raise ImageGenError("IMG_021", "the server is stopping")
         if not self._admit():
             raise ImageGenError("IMG_006", f"the server is busy ({self.config.max_queue} requests in progress); "
                                            "retry shortly.")
@@ -193,6 +197,7 @@ class ImageAPI:
             if claimed:
                 self.data.release(folder, keep=True)
             raise
+        self._jobs.add(job)
         work = asyncio.get_running_loop().run_in_executor(self._runs, self._work, request, job, folder, answer, keep)
         work.add_done_callback(lambda future: self._finished(future, job))
         timeout = self.limits.perf.total_workflow_timeout + 60
@@ -225,6 +230,7 @@ class ImageAPI:
 
     def _finished(self, future, job: "Job") -> None:
         """The run is over (answered, failed or abandoned): its queue slot and its spending end with it."""
+        self._jobs.discard(job)
         self._done()
         if job.hold is not None:
             self.budgets.settle(job.hold, job.spent())
@@ -265,11 +271,24 @@ class ImageAPI:
         """Where clients reach this server: --public-url behind a proxy, else the request's own."""
         return self.config.public_url or str(request.base_url).rstrip("/")
 
+    async def drain(self, timeout_s: float) -> int:
+        """The server stops (called before its app is deleted): new generation requests answer 503,
+        runs in progress stop and answer with what they made (or 503), within `timeout_s`.
+        Returns how many were still running then."""
+        self._stopping = True
+        for job in list(self._jobs):
+            job.stop.set()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while self._busy and loop.time() < end:
+            await asyncio.sleep(0.1)
+        return self._busy
+
     # --- endpoints ----------------------------------------------------------------------
 
     @api.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "busy": self._busy, "queue": self.config.max_queue}
+        return {"status": "stopping" if self._stopping else "ok", "busy": self._busy, "queue": self.config.max_queue}
 
     @api.get("/v1/models")
     async def models(self, request: Request):

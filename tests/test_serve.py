@@ -216,17 +216,24 @@ def raw_http(server, head: str, body: bytes = b"", chunks: list[bytes] | None = 
     library would never send."""
     import time
 
-    with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as sock:
-        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    def send(sock) -> None:
         try:
             for chunk in chunks or []:
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 time.sleep(pause_s)
         except OSError:
             pass  # the server answered and closed before the client finished: as it should
+
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        sender = threading.Thread(target=send, args=(sock,), daemon=True)
+        sender.start()  # the answer is read while the body is still being sent
         answer = b""
-        while True:
-            data = sock.recv(65536)
+        while b"\r\n0\r\n\r\n" not in answer:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:  # the rest of the body reached a closed connection
+                break
             if not data:
                 break
             answer += data

@@ -501,6 +501,31 @@ def test_past_the_queue_exactly_the_extra_requests_get_429_and_clients_that_leav
     assert len(answers) == 3
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_what_a_request_leaves_in_a_long_running_server_is_bounded():
+    """Every run looks up the cluster's resident registry (several times): the server's replica does
+    it for every request, for months. A lookup must not leave anything behind (it once made a new
+    Ray actor class each time, ~15 KB a lookup that Ray never frees)."""
+    import gc
+    import tracemalloc
+
+    from cluster.resident import registry_actor
+
+    for _ in range(5):  # the first lookups load what every later one shares
+        registry_actor()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(40):
+            registry_actor()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 16 * 1024, f"{grown / 40:.0f} bytes kept per lookup"
+
+
 def test_answers_that_a_retry_cannot_change_tell_clients_not_to_retry():
     """The openai client retries 429 and 5xx twice by default, each retry a whole new run: a
     timeout, a spent budget or a full disk would only be met again."""

@@ -292,6 +292,7 @@ def test_failures_answer_what_a_client_can_act_on_and_the_rest_goes_to_the_log(s
     error = answer["error"]
     assert (status, error["code"]) == (500, "IMG_020") and "reference" in error["message"]
     assert "scripted failure" not in error["message"] and "Error" not in error["message"]
+    assert list((server["data"] / "images").glob(".*")) == []  # its run's journal went with the request
     # `auto` with no model available here: the answer names the API's field, not a CLI flag or a download
     status, answer = multi(server, {})
     error = answer["error"]

@@ -261,3 +261,21 @@ def test_auto_spreads_the_count_over_the_smart_picks(registry, tmp_path, monkeyp
     assert [t.model for t in plan.tasks] == ["imagen4-ultra"] * 3
     plan = make_plan(_request(registry, tmp_path, image_prompt="an oil painting of a ship", image_count="3"), registry)
     assert plan.models == ["imagen4-fast"]  # flux-schnell has no weights; imagen4-fast is the other artistic pick
+
+
+def test_aliases_name_one_model_each(tmp_path):
+    import yaml
+
+    from cluster.errors import ImageGenError
+    from models.registry import load_registry
+
+    registry = load_registry()
+    assert registry.resolve("dall-e-3").id == "flux-schnell" and registry.resolve("flux-schnell").id == "flux-schnell"
+    assert registry.resolve("dall-e-9") is None
+    doc = yaml.safe_load(registry.path.read_text())
+    doc["models"]["tiny-flux"]["aliases"] = ["dall-e-3"]  # already flux-schnell's
+    clash = tmp_path / "models.yaml"
+    clash.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ImageGenError) as refused:
+        load_registry(clash)
+    assert refused.value.code == "IMG_018" and "dall-e-3" in refused.value.message

@@ -44,6 +44,7 @@ def server_models(folder: Path) -> Path:
     doc["models"]["slow"] = {"backend": "custom", "factory": "tests.scripted_backend:ScriptedGenerator",
                              "remote": True, "weights": "random", "width": 32, "height": 32, "steps": 1,
                              "auto_select": False, "call_args": {"hang": 120, "log": str(folder / "slow.jsonl")}}
+    doc["models"]["tiny-flux"]["aliases"] = ["client-fixed-model"]
     doc["models"]["failing"] = {**doc["models"]["slow"], "call_args": {
         "fail_calls": list(range(1, 100)), "fail_code": "IMG_020", "counter": str(folder / "failing.counter")}}
     path = folder / "models.yaml"
@@ -339,8 +340,18 @@ def test_no_schema_is_served_and_the_key_variable_leaves_the_environment(server,
 
 
 def test_models_and_health(client, server):
+    import openai
+
     ids = {m.id for m in client.models.list()}
     assert {"tiny-flux", "flux-schnell", "imagen4-fast"} <= ids
+    # one model, by its id or an alias (a client with a fixed model name works unchanged)
+    assert client.models.retrieve("flux-schnell").aliases == ["dall-e-2", "dall-e-3", "gpt-image-1"]
+    assert client.models.retrieve("client-fixed-model").id == "tiny-flux"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.body["code"] == "IMG_002"
+    result = client.images.generate(model="client-fixed-model", prompt="a lighthouse", size="64x64")
+    assert len(result.data) == 1
     with urllib.request.urlopen(f"{server['url']}/healthz", timeout=10) as response:
         assert json.loads(response.read())["status"] == "ok"
 

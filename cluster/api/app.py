@@ -82,6 +82,16 @@ class Job:
         return sum(self.prices.get(model, fallback) for model in self.made)
 
 
+def model_object(spec) -> dict:
+    """A model as OpenAI's model object, with what this server adds (its availability here, and the
+    other names clients may call it by)."""
+    from models import availability
+
+    return {"id": spec.id, "object": "model", "created": 0, "owned_by": "kamui-multi-image",
+            "available": availability.check(spec).ok, "backend": spec.backend, "weights": spec.weights,
+            "aliases": list(spec.aliases)}
+
+
 @api.exception_handler(StarletteHTTPException)
 async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """No such route, or not with this method: the error envelope, as for every other answer."""
@@ -293,12 +303,19 @@ class ImageAPI:
     @api.get("/v1/models")
     async def models(self, request: Request):
         async def handler(caller: Caller):
-            from models import availability
-
-            data = [{"id": s.id, "object": "model", "created": 0, "owned_by": "kamui-multi-image",
-                     "available": availability.check(s).ok, "backend": s.backend, "weights": s.weights}
-                    for s in self.registry]
+            data = await asyncio.to_thread(lambda: [model_object(s) for s in self.registry])
             return {"object": "list", "data": data}
+
+        return await self._guarded(request, handler)
+
+    @api.get("/v1/models/{model_id}")
+    async def model(self, model_id: str, request: Request):
+        async def handler(caller: Caller):
+            spec = self.registry.resolve(model_id)
+            if spec is None:
+                raise ApiError("IMG_002", f"model {model_id!r} is not a model of this server; GET /v1/models "
+                                          "lists them.", "model")
+            return await asyncio.to_thread(model_object, spec)
 
         return await self._guarded(request, handler)
 

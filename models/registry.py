@@ -88,6 +88,7 @@ class ModelSpec(BaseModel):
     guidance: float | None = Field(None, ge=0)
     width: int = Field(1024, ge=8)
     height: int = Field(1024, ge=8)
+    max_side: int = Field(2048, ge=16, description="Largest width or height it is asked for (the API refuses more).")
 
     # resources
     gpus: float = Field(1, ge=0, description="GPUs a replica needs when the cluster has GPUs.")

@@ -177,7 +177,7 @@ def multi(server, body: dict) -> tuple[int, dict]:
 
 @pytest.mark.parametrize("body, status, code, param", [
     ({"model": "tiny-flux,slow", "n": 10}, 400, "IMG_011", "model"),  # one model: no 10 x N images
-    ({"model": "tiny-flux", "size": "256x256"}, 400, "IMG_017", "size"),  # past the model's largest side
+    ({"model": "tiny-flux", "size": "512x512"}, 400, "IMG_017", "size"),  # past the model's max_side (256)
     ({"model": "flux-schnell", "size": "4096x4096"}, 400, "IMG_017", "size"),
     ({"model": "tiny-flux", "n": "2"}, 400, "IMG_001", "n"),  # strictly typed: no strings,
     ({"model": "tiny-flux", "n": True}, 400, "IMG_001", "n"),  # no booleans,

@@ -5,7 +5,7 @@ no Ray, no HTTP.
 Accepted and how they map:
 - `model`: one registry id (or one of its aliases), or `auto` (the smart strategy picks);
 - `prompt`: as `--image-prompt`; `n`: 1-10 (a JSON integer), as `--image-count`;
-- `size`: "WIDTHxHEIGHT" (multiples of 16, at most the model's largest side) or "auto";
+- `size`: "WIDTHxHEIGHT" (multiples of 16, at most the model's `max_side`) or "auto";
 - `response_format`: `b64_json` (default) or `url`;
 - `quality`, `style`, `output_format`, `background`, `moderation`: accepted and ignored (FLUX has
   no such switches; `output_format` other than png is refused); `user`: recorded with the request;
@@ -27,7 +27,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_IMAGES = 10  # images per request: n, or image-count x the models listed
 MAX_STEPS = 50
 MAX_PARALLEL = 8
-MAX_SIDE = 2048  # and never more than twice a model's own default side
+MAX_SIDE = 2048  # and never more than a model's own `max_side`
 MULTI_IMAGE_INPUTS = ("image-prompt", "image-count", "models", "generation-strategy", "enable-comparison",
                       "quality-threshold", "max-parallel", "seed", "width", "height", "steps", "scorer", "folder-name")
 
@@ -189,7 +189,7 @@ def model_specs(value: str, registry, field: str) -> list:
 
 
 def largest_side(spec) -> int:
-    return min(MAX_SIDE, 2 * max(spec.width, spec.height))
+    return min(MAX_SIDE, spec.max_side)
 
 
 def check_side(side: int, specs: list, field: str) -> None:

@@ -208,6 +208,8 @@ class ImageAPI:
                 self.data.release(folder, keep=True)
             raise
         self._jobs.add(job)
+        if self._stopping:  # the drain began while this request was being admitted
+            job.stop.set()
         work = asyncio.get_running_loop().run_in_executor(self._runs, self._work, request, job, folder, answer, keep)
         work.add_done_callback(lambda future: self._finished(future, job))
         timeout = self.limits.perf.total_workflow_timeout + 60

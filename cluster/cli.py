@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--upload-uri", default=None, metavar="URI",
                      help="gs://bucket/prefix: upload every image to Google Cloud Storage; `url` responses point there "
                           "(default: configs/output.yaml).")
+    srv.add_argument("--public-url", default=None, metavar="URL",
+                     help="Where clients reach the server, e.g. https://images.example.com behind a TLS proxy "
+                          "(default: the address of each request).")
     srv.add_argument("--budget-usd-per-key-day", default=None, metavar="USD",
                      help="What each API key may spend per UTC day; past it, 429 with IMG_029.")
     srv.add_argument("--config", default=None, metavar="FILE", help="Another models.yaml.")
@@ -283,7 +286,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from cluster import env
     from cluster.api.app import ServerConfig, digest
-    from cluster.api.server import check_bind, deploy, load_keys, undeploy
+    from cluster.api.server import check_bind, check_budget_keys, deploy, drain, load_keys, parse_public_url, undeploy
     from cluster.request import parse_budget
     from cluster.durability.guard import RunGuard, SignalWatch
     from cluster.limits import load_limits
@@ -293,6 +296,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     keys = load_keys(args.api_key_env, args.api_key_file)
     check_bind(args.host, keys)
+    budget_per_key_day = parse_budget(args.budget_usd_per_key_day)
+    check_budget_keys(budget_per_key_day, keys)
+    public_url = parse_public_url(args.public_url)
     port = _positive_int(args.port, "--port")
     queue = _positive_int(args.queue, "--queue")
     ttl = _positive_int(args.url_ttl, "--url-ttl")
@@ -316,22 +322,24 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(data_dir=str(data_dir), key_digests=tuple(digest(k) for k in keys), max_queue=queue,
                           url_ttl_s=float(ttl), scorer=args.scorer, config=str(registry.path),
                           limits=args.limits, history_db=args.history_db,
-                          budget_usd_per_key_day=parse_budget(args.budget_usd_per_key_day),
-                          upload_uri=args.upload_uri, environment=env.forwarded())
+                          budget_usd_per_key_day=budget_per_key_day,
+                          upload_uri=args.upload_uri, public_url=public_url, environment=env.forwarded())
     # a server stopping gets time to let its requests finish
     guard = RunGuard(deadline_s=30.0, stop_message="stopping the API (signal again to stop at once)")
-    with SignalWatch(guard), RayRuntime(args.address) as runtime:
+    with SignalWatch(guard), RayRuntime(args.address):
         if model_ids:
             from cluster.warm import bring_up
 
             report = bring_up(registry, model_ids, scoring, args.scorer, limits)
             for model, message in report.errors.items():
                 print(f"  {model}: not resident: {message}", file=sys.stderr)
-        url = deploy(config, args.host, port)
-        print(f"serving the OpenAI Images API at {url}/v1 ({'API key required' if keys else 'no API key'}); "
-              f"images under {data_dir}", flush=True)
+        deployment = deploy(config, args.host, port)
+        public = f", public at {public_url}/v1" if public_url else ""
+        print(f"serving the OpenAI Images API at {deployment.url}/v1{public} "
+              f"({'API key required' if keys else 'no API key'}); images under {data_dir}", flush=True)
         guard.stop.wait()
-        undeploy(stop_serve=runtime.embedded)
+        drain()
+        undeploy(deployment)
         print("the API stopped", flush=True)
     return 0
 

@@ -154,11 +154,12 @@ def describe_plan(request: GenerationRequest, plan, registry: Registry, limits: 
     summary, else list prices and defaults), and per node kind the memory plan, bundle and fitting nodes."""
     from cluster.costs.budget import estimate
     from cluster.costs.config import load_costs
+    from cluster.run import runs_on_cpu  # priced as the run's budget stage prices it
 
     counts: dict[str, int] = {}
     for task in plan.tasks:
         counts[task.model] = counts.get(task.model, 0) + 1
-    estimates = estimate(counts, {s.id: s for s in registry}, history, load_costs())
+    estimates = estimate(counts, {s.id: s for s in registry}, history, load_costs(), runs_on_cpu(request))
     models = []
     for model_id, images in counts.items():
         spec = registry.get(model_id)

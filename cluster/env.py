@@ -91,3 +91,9 @@ FORWARDED = ("KAMUI_CACHE_DIR", "XDG_CACHE_HOME", "KAMUI_HISTORY_DB", "GOOGLE_AP
 def forwarded() -> tuple[tuple[str, str], ...]:
     """The FORWARDED variables set here, as (name, value) pairs. Values may be secrets: never log them."""
     return tuple((name, os.environ[name]) for name in FORWARDED if os.environ.get(name))
+
+
+def take(name: str) -> str | None:
+    """A secret's value, removed from this process's environment as it is read: processes started
+    from here (an embedded Ray's workers) inherit the environment and have no use for it."""
+    return os.environ.pop(name, None) or None

@@ -10,6 +10,8 @@ a run's own do, and can retire alone when their keep-alive runs out.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import time
 from typing import Any
@@ -220,13 +222,19 @@ class ResidentRegistry:
         return released
 
 
+@functools.cache
+def _registry_class():
+    # made once per process: Ray keeps every actor class it is given (its methods wrapped, its
+    # signatures read), so making one per call grew a long-running server by ~15 KB a request
+    return ray.remote(num_cpus=0, max_concurrency=1)(ResidentRegistry)
+
+
 def registry_actor():
     """The cluster's one ResidentRegistry (created on first use, lives with the cluster)."""
     from cluster.ray_runtime import NAMESPACE
 
-    actor_class = ray.remote(num_cpus=0, max_concurrency=1)(ResidentRegistry)
-    return actor_class.options(name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached",
-                               get_if_exists=True).remote(NAMESPACE)
+    return _registry_class().options(name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached",
+                                     get_if_exists=True).remote(NAMESPACE)
 
 
 def actor_handle(name: str):

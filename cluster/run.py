@@ -14,7 +14,7 @@ import json
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from cluster import env
@@ -377,7 +377,9 @@ def _budget(request, registry: Registry, plan: Plan, history: History, config: C
     config = config or load_costs()
     specs = {s.id: s for s in registry}
     past = safely(history.summary)() or {}
-    estimates = estimate(_planned_counts(plan, resumed), specs, past, config)
+    on_cpu = runs_on_cpu(request)
+    counts = _planned_counts(plan, resumed)
+    estimates = estimate(counts, specs, past, config, on_cpu)
     done = {i.task.index for i in resumed.images} if resumed is not None else set()
     tasks, degradation = fit([t for t in plan.tasks if t.index not in done], estimates, request.budget_usd,
                              request.budget_policy, lambda task, model: retarget(task, specs[model], request))
@@ -385,11 +387,20 @@ def _budget(request, registry: Registry, plan: Plan, history: History, config: C
         plan.tasks = sorted([t for t in plan.tasks if t.index in done] + tasks, key=lambda t: t.index)
         plan.models = list(dict.fromkeys(t.model for t in plan.tasks))
         plan.specs = {m: specs[m] for m in plan.models}
-    # every model the run may reach (fallbacks too) is priced, so no call of any crosses the budget
-    reachable = {s.id: 1 for s in _fallback_specs(plan, registry)} | {m: 1 for m in plan.models}
-    tracker = BudgetTracker(request.budget_usd, estimate(reachable, specs, past, config))
-    tracker.estimates = estimate(_planned_counts(plan, resumed), specs, past, config)
+    # the tracker prices the plan's images as `fit` did (so it accepts what the plan was accepted
+    # with); a fallback model, which may take over any of them, as if it made them all
+    fallbacks = {s.id: sum(counts.values()) for s in _fallback_specs(plan, registry) if s.id not in estimates}
+    tracker = BudgetTracker(request.budget_usd, {**estimate(fallbacks, specs, past, config, on_cpu), **estimates})
+    tracker.estimates = {m: replace(estimates[m], images=n) for m, n in _planned_counts(plan, resumed).items()}
     return tracker, degradation
+
+
+def runs_on_cpu(request: GenerationRequest) -> bool:
+    """Whether local models of a run on this machine (embedded, or its own cluster) run on CPUs
+    because it has no GPU; a cluster elsewhere is assumed to have its cards."""
+    from cluster.ray_runtime import detect_local_gpus
+
+    return request.address in (None, "local", "auto") and detect_local_gpus().count == 0
 
 
 def _price(outcome: RunOutcome, registry: Registry, replicas: dict, config: CostConfig | None) -> None:

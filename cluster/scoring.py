@@ -56,6 +56,13 @@ class WeightFreeScorer:
         pass
 
 
+def _assigned_gpus(_worker) -> list[str]:
+    """Run inside the scorer actor: the GPU ids Ray assigned it."""
+    import ray
+
+    return [str(g) for g in ray.get_gpu_ids()]
+
+
 class ActorScorer:
     """Scores through the CLIP scorer actor. `start()` creates it and its loading begins in the
     background. A run starts it once its models hold their placement groups: on a card too small
@@ -120,6 +127,8 @@ class ActorScorer:
                 return False
             try:
                 self._info = ray.get(self._load_ref, timeout=self.load_timeout)
+                # where it runs, in the report beside each model replica's (which card it shares)
+                self._info["gpu_ids"] = ray.get(self.actor.__ray_call__.remote(_assigned_gpus), timeout=60)
                 self.events.emit("scorer_loaded", scorer=self.spec.id, seconds=self._info.get("load_seconds"),
                                  device=self._info.get("device"))
             except Exception as exc:  # noqa: BLE001 - a scorer that cannot load leaves weight-free scores

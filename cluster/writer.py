@@ -142,11 +142,16 @@ def _swap_in(staging: Path, folder: Path) -> None:
 
 
 def write_durably(path: Path, data: bytes) -> None:
-    """`data` in `path`, on the disk (fsynced) before this returns."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """`data` in `path`, on the disk (fsynced) before this returns; no partial file when it fails
+    (a full disk left empty `parts/*.tmp` files behind a run that said its temporary files were gone)."""
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        Path(path).unlink(missing_ok=True)
+        raise
 
 
 def _write_text(path: Path, text: str) -> None:

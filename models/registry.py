@@ -59,6 +59,8 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(description="The name users pass to --models.")
+    aliases: tuple[str, ...] = Field(
+        (), description="Other names API clients may call it by (e.g. dall-e-3), so clients with fixed model names work.")
     backend: Literal["diffusers", "imagen", "custom"]
     description: str = ""
     factory: str | None = Field(
@@ -87,6 +89,7 @@ class ModelSpec(BaseModel):
     guidance: float | None = Field(None, ge=0)
     width: int = Field(1024, ge=8)
     height: int = Field(1024, ge=8)
+    max_side: int = Field(2048, ge=16, description="Largest width or height it is asked for (the API refuses more).")
 
     # resources
     gpus: float = Field(1, ge=0, description="GPUs a replica needs when the cluster has GPUs.")
@@ -180,6 +183,12 @@ class Registry:
     def ids(self) -> list[str]:
         return list(self._specs)
 
+    def resolve(self, name: str) -> ModelSpec | None:
+        """The model `name` is the id or an alias of; None when it names none."""
+        if name in self._specs:
+            return self._specs[name]
+        return next((s for s in self._specs.values() if name in s.aliases), None)
+
     def get(self, model_id: str) -> ModelSpec:
         try:
             return self._specs[model_id]
@@ -213,6 +222,11 @@ def load_registry(path: str | Path | None = None) -> Registry:
             specs[str(model_id)] = ModelSpec(id=str(model_id), **entry)
         except (ValidationError, TypeError) as exc:
             raise ImageGenError("IMG_018", f"{path.name!r}: model {model_id!r}: {_pydantic_summary(exc)}") from None
+    names = [name for spec in specs.values() for name in spec.aliases]
+    clashing = sorted({n for n in names if names.count(n) > 1 or n in specs or n == "auto"})
+    if clashing:
+        raise ImageGenError("IMG_018", f"{path.name!r}: aliases must name one model each and differ from every "
+                                       f"model id and `auto`: {', '.join(map(repr, clashing))}.")
     rules = raw.get("smart_selection") or {}
     if not isinstance(rules, dict) or any(not isinstance(v, list) for v in rules.values()):
         raise ImageGenError("IMG_018", f"{path.name!r}: `smart_selection` maps a category to a list of model ids.")

@@ -48,8 +48,9 @@ def main() -> int:
     data = tempfile.mkdtemp(prefix="bench-serve-")
     registry = load_registry()
     bring_up(registry, ["tiny-flux"], load_scoring(), "none", load_limits())
-    url = deploy(ServerConfig(data_dir=data, key_digests=(digest(KEY),), max_queue=64, scorer="none"), "127.0.0.1", port)
-    client = OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=300)
+    deployment = deploy(ServerConfig(data_dir=data, key_digests=(digest(KEY),), max_queue=64, scorer="none"),
+                        "127.0.0.1", port)
+    client = OpenAI(base_url=f"{deployment.url}/v1", api_key=KEY, max_retries=0, timeout=300)
     size = f"{args.size}x{args.size}"
 
     def one(n: int) -> None:
@@ -84,7 +85,7 @@ def main() -> int:
     print(f"{1:>8} {sequential:>10.2f} {1.0:>13.2f}")
     for clients, rate in rows:
         print(f"{clients:>8} {rate:>10.2f} {rate / sequential:>13.2f}")
-    undeploy(stop_serve=True)
+    undeploy(deployment)
     bring_down()
     ray.shutdown()
     return 0

@@ -126,6 +126,40 @@ def test_a_resumed_run_is_priced_for_the_images_it_has_still_to_make(vertex, tmp
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_local_images_within_their_plans_own_estimate_are_all_made(tmp_path, registry, tiny_models):
+    """Default prices, local models, no history: a budget set exactly at the plan's estimate makes
+    every image. (The tracker once priced each call as if it carried the whole cold load: the
+    plan's 4 images were accepted, then all but one refused with IMG_029.) Without a GPU here,
+    the estimate takes the CPU rate, as the run's pricing does."""
+    import math
+
+    from cluster.history import History
+    from cluster.run import run_generation, runs_on_cpu
+
+    config = load_costs()
+    request = make_request(registry, tmp_path, models="tiny-flux", image_count=4, scorer="none")
+    on_cpu = runs_on_cpu(request)
+    (planned,) = estimate({"tiny-flux": 4}, specs(registry, "tiny-flux"), {}, config, on_cpu).values()
+    rate = config.cpu_hour_usd if on_cpu else config.default_gpu_hour_usd
+    assert planned.usd == pytest.approx(4 * (config.default_seconds_per_image + config.default_load_seconds / 4)
+                                        * rate / 3600)
+    exact = math.ceil(planned.usd * 1e9) / 1e9
+    request = request.model_copy(update={"budget_usd": exact, "budget_policy": "refuse"})
+    result = run_generation(request, registry, quick_limits(), history=History(tmp_path / "h.sqlite"))
+    assert len(result.outcome.images) == 4 and result.outcome.failures == []
+    budget = read_json(tmp_path / "out/metadata/generation-report.json")["cost"]["budget"]
+    assert budget["estimates"]["tiny-flux"]["usd"] == pytest.approx(planned.usd, abs=1e-6)
+    assert ("(CPU)" in budget["estimates"]["tiny-flux"]["basis"]) == on_cpu
+
+
+def test_without_a_gpu_a_local_estimate_takes_the_cpu_rate(registry):
+    flux = specs(registry, "flux-schnell")
+    on_gpu, on_cpu = (estimate({"flux-schnell": 2}, flux, {}, CONFIG, cpu)["flux-schnell"] for cpu in (False, True))
+    assert on_cpu.usd == pytest.approx(on_gpu.usd * CONFIG.cpu_hour_usd / CONFIG.default_gpu_hour_usd)
+    assert on_cpu.basis.endswith("$0.036/h (CPU)") and on_gpu.basis.endswith("$1/h (GPU)")
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_a_budget_that_refuses_makes_no_call(vertex, tmp_path, registry):
     from cluster.run import run_generation
 
@@ -226,11 +260,15 @@ def test_history_shows_cost_per_image_and_totals_by_model_and_month(tmp_path, re
     request = make_request(registry, tmp_path, models="tiny-flux")
     outcome = outcome_for(request, [generated(0, "tiny-flux", 1), generated(1, "tiny-flux", 2)])
     outcome.costs = {"tiny-flux": 0.004}
+    import time
+
+    recorded = {time.strftime("%Y-%m", time.gmtime())}
     history.record(outcome)
     history.record(outcome)
+    recorded.add(time.strftime("%Y-%m", time.gmtime()))  # the UTC month the runs finished in
     months = history.monthly()
-    assert [(m["month"][:4], m["model"], m["images"], round(m["cost_usd"], 6)) for m in months] == \
-        [(months[0]["month"][:4], "tiny-flux", 4, 0.008)]
+    assert [(m["model"], m["images"], round(m["cost_usd"], 6)) for m in months] == [("tiny-flux", 4, 0.008)]
+    assert months[0]["month"] in recorded
     assert main(["history", "--history-db", str(tmp_path / "h.sqlite")]) == 0
     out = capsys.readouterr().out
     assert "cost/image" in out and "$0.002" in out and "0.0020" not in out and months[0]["month"] in out

@@ -67,7 +67,7 @@ def test_a_budget_refusal_is_the_same_exit_status_dry_or_not(tmp_path, capsys):
 
 
 def test_a_degraded_budget_shows_the_plan_the_run_would_make(capsys):
-    code, result, _ = dry(capsys, "--models", "tiny-flux", "--image-count", "4", "--budget-usd", "0.01")
+    code, result, _ = dry(capsys, "--models", "tiny-flux", "--image-count", "4", "--budget-usd", "0.0008")
     assert code == 0 and result["verdict"] is None
     assert result["degradation"]["images_dropped"] >= 1 and result["images"] < 4
 

@@ -136,8 +136,10 @@ def test_a_run_without_address_joins_the_cluster_running_here(running_cluster, o
     assert report["cluster"]["joined_running_cluster"] is True
     assert report["cluster"]["address"] == running_cluster["address"]
     assert any("joined the Ray cluster running on this machine" in n for n in report["cluster"]["notes"])
-    # the model (one card at most, 12 GB + its batch) and the scorer shared the one card
+    # the model (one card at most, 12 GB + its batch) and the scorer shared the one card: Ray gave both its id
+    (replica,) = report["models"]["one-card-flux"]["replicas"]
     assert report["quality"]["scorer"]["name"] == "tiny-clip"
+    assert replica["gpu_ids"] == report["quality"]["scorer"]["gpu_ids"] == ["0"]
     assert sessions(running_cluster) == before  # no second Ray instance was started
 
 

@@ -284,3 +284,21 @@ def test_the_fetch_command_is_one_the_installed_hub_provides(monkeypatch):
         assert hub_cli.download_command("a/b", "f.safetensors") == "huggingface-cli download a/b f.safetensors"
     finally:
         hub_cli.hub_command.cache_clear()
+
+
+def test_aliases_name_one_model_each(tmp_path):
+    import yaml
+
+    from cluster.errors import ImageGenError
+    from models.registry import load_registry
+
+    registry = load_registry()
+    assert registry.resolve("dall-e-3").id == "flux-schnell" and registry.resolve("flux-schnell").id == "flux-schnell"
+    assert registry.resolve("dall-e-9") is None
+    doc = yaml.safe_load(registry.path.read_text())
+    doc["models"]["tiny-flux"]["aliases"] = ["dall-e-3"]  # already flux-schnell's
+    clash = tmp_path / "models.yaml"
+    clash.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ImageGenError) as refused:
+        load_registry(clash)
+    assert refused.value.code == "IMG_018" and "dall-e-3" in refused.value.message

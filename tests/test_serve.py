@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cluster.api.keys import digest
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-kamui-test-0123456789abcdef"
+OTHER_KEY = "sk-kamui-other-0123456789abcdef"
 QUEUE = 6
 
 
@@ -30,11 +33,32 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def server_models(folder: Path) -> Path:
+    """The bundled models, and two scripted models (tests/scripted_backend.py): `slow`, whose calls
+    hang until cancelled, to hold requests in flight, and `failing`, whose calls all fail."""
+    import yaml
+
+    from models.registry import DEFAULT_MODELS_FILE
+
+    doc = yaml.safe_load(DEFAULT_MODELS_FILE.read_text(encoding="utf-8"))
+    doc["models"]["slow"] = {"backend": "custom", "factory": "tests.scripted_backend:ScriptedGenerator",
+                             "remote": True, "weights": "random", "width": 32, "height": 32, "steps": 1,
+                             "auto_select": False, "call_args": {"hang": 120, "log": str(folder / "slow.jsonl")}}
+    doc["models"]["tiny-flux"]["aliases"] = ["client-fixed-model"]
+    doc["models"]["failing"] = {**doc["models"]["slow"], "call_args": {
+        "fail_calls": list(range(1, 100)), "fail_code": "IMG_020", "counter": str(folder / "failing.counter")}}
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(ray_session, tiny_models, tmp_path_factory):
     from ray import serve
 
-    from cluster.api.app import ServerConfig, digest
+    import dataclasses
+
+    from cluster.api.app import ServerConfig
     from cluster.api.server import deploy, undeploy
     from cluster.limits import load_limits
     from cluster.warm import bring_down, bring_up
@@ -42,13 +66,19 @@ def server(ray_session, tiny_models, tmp_path_factory):
     from models.scorers import load_scoring
 
     data = tmp_path_factory.mktemp("serve-data")
-    bring_up(load_registry(), ["tiny-flux"], load_scoring(), "none", load_limits())
-    config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY),), max_queue=QUEUE, url_ttl_s=600,
-                          scorer="none", history_db=str(data / "history.sqlite"))
+    models = server_models(tmp_path_factory.mktemp("serve-models"))
+    bring_up(load_registry(models), ["tiny-flux"], load_scoring(), "none", load_limits())
+    config = ServerConfig(data_dir=str(data), key_digests=(digest(KEY), digest(OTHER_KEY)), max_queue=QUEUE, url_ttl_s=600,
+                          body_timeout_s=2.0,
+                          scorer="none", history_db=str(data / "history.sqlite"), config=str(models),
+                          budget_usd_per_key_day=100.0)  # every request goes through its key's hold
     port = free_port()
-    url = deploy(config, "127.0.0.1", port)
-    yield {"url": url, "data": data, "config": config, "port": port}
-    undeploy(stop_serve=True)
+    # clients reach it by another name than the one it binds (as through a proxy): url answers use that
+    config = dataclasses.replace(config, public_url=f"http://localhost:{port}")
+    deployment = deploy(config, "127.0.0.1", port)
+    yield {"url": deployment.url, "data": data, "config": config, "port": port, "deployment": deployment,
+           "slow_log": models.parent / "slow.jsonl"}
+    undeploy(deployment)
     serve.shutdown()
     bring_down()
 
@@ -82,7 +112,7 @@ def test_url_images_are_served_by_the_server(client, server):
     result = client.images.generate(model="tiny-flux", prompt="a fox in the snow", n=1, size="128x64",
                                     response_format="url")
     url = result.data[0].url
-    assert url.startswith(server["url"] + "/v1/files/")
+    assert url.startswith(f"http://localhost:{server['port']}/v1/files/")  # --public-url
     with urllib.request.urlopen(url, timeout=30) as response:
         assert response.headers["content-type"] == "image/png" and png_size(response.read()) == (128, 64)
     request_json = json.loads((server["data"] / "images" / url.split("/")[-2] / "request.json").read_text())
@@ -104,11 +134,11 @@ def test_with_an_upload_uri_url_images_point_at_gcs_with_the_servers_own_environ
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{gcs_emulator}")
     uploading = dataclasses.replace(server["config"], upload_uri="gs://kamui-test/serve", environment=env.forwarded())
     assert gcs_emulator not in repr(uploading)  # the forwarded environment (keys, too) is never shown
-    deploy(uploading, "127.0.0.1", server["port"])
+    deploy(uploading, "127.0.0.1", server["port"], replace=True)
     try:
         result = client.images.generate(model="tiny-flux", prompt="a heron", n=1, size="64x64", response_format="url")
     finally:
-        deploy(server["config"], "127.0.0.1", server["port"])
+        deploy(server["config"], "127.0.0.1", server["port"], replace=True)
     url = result.data[0].url
     request_id = next(p.name for p in (server["data"] / "images").iterdir()
                       if url.endswith(f"/serve/{p.name}/images/generated-image-1.png"))
@@ -136,9 +166,192 @@ def test_errors_arrive_as_the_clients_typed_exceptions_with_the_img_code(client)
     assert empty.value.body["code"] == "IMG_009" and "Traceback" not in str(empty.value.body)
 
 
+def images(server, body: dict, key: str = KEY) -> tuple[int, dict]:
+    return post_json(server["url"], "/v1/images/generations", body, {"Authorization": f"Bearer {key}"})
+
+
+def multi(server, body: dict) -> tuple[int, dict]:
+    return post_json(server["url"], "/v1/multi-image", {"image-prompt": "a pier", **body},
+                     {"Authorization": f"Bearer {KEY}"})
+
+
+@pytest.mark.parametrize("body, status, code, param", [
+    ({"model": "tiny-flux,slow", "n": 10}, 400, "IMG_011", "model"),  # one model: no 10 x N images
+    ({"model": "tiny-flux", "size": "512x512"}, 400, "IMG_017", "size"),  # past the model's max_side (256)
+    ({"model": "flux-schnell", "size": "4096x4096"}, 400, "IMG_017", "size"),
+    ({"model": "tiny-flux", "n": "2"}, 400, "IMG_001", "n"),  # strictly typed: no strings,
+    ({"model": "tiny-flux", "n": True}, 400, "IMG_001", "n"),  # no booleans,
+    ({"model": "tiny-flux", "size": "\uff16\uff14x64"}, 400, "IMG_017", "size"),  # no full-width digits
+    ({"model": "tiny-flux", "stream": True}, 400, "IMG_011", "stream"),
+])
+def test_images_requests_past_the_apis_caps_or_loosely_typed_are_refused(server, body, status, code, param):
+    answer = images(server, {"prompt": "a red fox", **body})
+    assert (answer[0], answer[1]["error"]["code"], answer[1]["error"]["param"]) == (status, code, param), answer
+
+
+@pytest.mark.parametrize("body, code, param", [
+    ({"models": "tiny-flux,slow", "image-count": "6"}, "IMG_001", "image-count"),  # 12 images
+    ({"models": "tiny-flux", "steps": "200"}, "IMG_017", "steps"),
+    ({"models": "tiny-flux", "max-parallel": "64"}, "IMG_014", "max-parallel"),
+    ({"models": "tiny-flux", "width": "4096"}, "IMG_017", "width"),
+    ({"models": "tiny-flux", "image-count": "\uff12"}, "IMG_001", "image-count"),
+    ({"models": "tiny-flux", "image-count": True}, "IMG_001", "image-count"),
+])
+def test_multi_image_requests_within_the_apis_own_caps(server, body, code, param):
+    status, answer = multi(server, body)
+    assert (status, answer["error"]["code"], answer["error"]["param"]) == (400, code, param), answer
+
+
+def test_optional_fields_sent_as_null_count_as_absent_and_the_bearer_scheme_is_case_insensitive(server):
+    status, answer = images(server, {"prompt": "a red fox", "model": "tiny-flux", "n": None, "size": None,
+                                     "response_format": None, "quality": None, "style": None, "user": None})
+    assert status == 200 and len(answer["data"]) == 1 and "b64_json" in answer["data"][0]
+    status, _ = post_json(server["url"], "/v1/images/generations", {"prompt": "a fox", "model": "tiny-flux"},
+                          {"Authorization": f"bearer {KEY}"})
+    assert status == 200
+
+
+def raw_http(server, head: str, body: bytes = b"", chunks: list[bytes] | None = None,
+             pause_s: float = 0.0) -> tuple[int, str, bytes]:
+    """(status, content type, body) of a request written byte by byte on a socket: what a client
+    library would never send."""
+    import time
+
+    def send(sock) -> None:
+        try:
+            for chunk in chunks or []:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                time.sleep(pause_s)
+        except OSError:
+            pass  # the server answered and closed before the client finished: as it should
+
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        sender = threading.Thread(target=send, args=(sock,), daemon=True)
+        sender.start()  # the answer is read while the body is still being sent
+        answer = b""
+        while b"\r\n0\r\n\r\n" not in answer:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:  # the rest of the body reached a closed connection
+                break
+            if not data:
+                break
+            answer += data
+    head_part, _, payload = answer.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers.get("content-type", ""), payload
+
+
+def post_head(path: str, extra: str) -> str:
+    return (f"POST {path} HTTP/1.1\nHost: x\nAuthorization: Bearer {KEY}\nContent-Type: application/json\n"
+            f"Connection: close\n{extra}")
+
+
+def envelope_code(payload: bytes) -> str:
+    if b"\r\n" in payload.split(b"{", 1)[0]:  # a chunked answer: its first chunk's size line
+        payload = payload.split(b"\r\n", 1)[1]
+    return json.loads(payload[:payload.rindex(b"}") + 1])["error"]["code"]
+
+
+def test_bodies_over_64_kb_declared_or_chunked_and_slow_bodies_are_refused_before_any_work(server):
+    made = len(list((server["data"] / "images").iterdir()))
+    status, kind, payload = raw_http(server, post_head("/v1/images/generations", "Content-Length: 100000\n"))
+    assert (status, envelope_code(payload)) == (413, "IMG_011") and "json" in kind
+    # chunked: no length declared; refused once 64 KB have arrived, while the client still sends
+    status, _, payload = raw_http(server, post_head("/v1/images/generations", "Transfer-Encoding: chunked\n"),
+                                  chunks=[b" " * 16384] * 64)
+    assert (status, envelope_code(payload)) == (413, "IMG_011")
+    # a body that stops arriving: refused at the body timeout (2 s here), not held for ever
+    status, _, payload = raw_http(server, post_head("/v1/multi-image", "Transfer-Encoding: chunked\n"),
+                                  chunks=[b"{"], pause_s=4)
+    assert (status, envelope_code(payload)) == (408, "IMG_011")
+    # a negative length never reaches the API: Ray Serve's HTTP parser refuses it (400, its own text)
+    status, _, _ = raw_http(server, post_head("/v1/images/generations", "Content-Length: -5\n"), b"{}")
+    assert status == 400
+    assert len(list((server["data"] / "images").iterdir())) == made and health(server)["busy"] == 0
+
+
+def test_malformed_requests_are_4xx_envelopes(server):
+    nested = b"[" * 20000 + b"]" * 20000
+    status, _, payload = raw_http(server, post_head("/v1/images/generations", f"Content-Length: {len(nested)}\n"),
+                                  nested)
+    assert (status, envelope_code(payload)) == (400, "IMG_011")
+    surrogate = b'{"model": "tiny-flux", "prompt": "a\\ud800b"}'
+    status, _, payload = raw_http(server, post_head("/v1/images/generations", f"Content-Length: {len(surrogate)}\n"),
+                                  surrogate)
+    assert (status, envelope_code(payload)) == (400, "IMG_011")
+    status, _, payload = raw_http(server, f"GET /v1/images/generations HTTP/1.1\nHost: x\nConnection: close\n")
+    assert (status, envelope_code(payload)) == (405, "IMG_011")
+    status, _, payload = raw_http(server, f"GET /v2/nothing HTTP/1.1\nHost: x\nConnection: close\n")
+    assert (status, envelope_code(payload)) == (404, "IMG_011")
+
+
+def test_failures_answer_what_a_client_can_act_on_and_the_rest_goes_to_the_log(server):
+    status, answer = images(server, {"prompt": "a red fox", "model": "failing"})
+    error = answer["error"]
+    assert (status, error["code"]) == (500, "IMG_020") and "reference" in error["message"]
+    assert "scripted failure" not in error["message"] and "Error" not in error["message"]
+    assert list((server["data"] / "images").glob(".*")) == []  # its run's journal went with the request
+    # `auto` with no model available here: the answer names the API's field, not a CLI flag or a download
+    status, answer = multi(server, {})
+    error = answer["error"]
+    assert (status, error["code"], error["param"]) == (404, "IMG_002", "models")
+    assert "--" not in error["message"] and "huggingface" not in error["message"]
+    status, answer = multi(server, {"models": "tiny-flux", "width": "100"})
+    assert (status, answer["error"]["param"]) == (400, "width")
+    assert answer["error"]["message"] == "width: 100 is not a multiple of 16; try 96."
+
+
+def test_run_messages_in_the_apis_terms():
+    from cluster.api.wording import public_error
+    from cluster.errors import ImageGenError
+
+    def said(code: str, message: str, route: str = "multi-image") -> tuple[str, str | None]:
+        error = public_error(ImageGenError(code, message), route)
+        return error.message, error.param
+
+    assert said("IMG_017", "--steps 0 is out of range; give 1 to 200.") == \
+        ("steps 0 is out of range; give 1 to 200.", "steps")
+    assert said("IMG_009", "--image-prompt is empty; describe the image to generate.", "images") == \
+        ("prompt is empty; describe the image to generate.", "prompt")
+    disk, _ = said("IMG_005", "/srv/kamui/serve has 1.0 MB free; ... Free some space or choose another --folder-name.")
+    assert "/srv" not in disk and "--" not in disk and "reference" in disk
+    died, _ = said("IMG_020", "ActorDiedError: The actor died unexpectedly. actor_id=9f3e pid=4242 ip=10.0.0.7")
+    assert "actor" not in died.lower() and "4242" not in died and "10.0.0.7" not in died
+    budget, _ = said("IMG_029", "the plan is estimated at $0.060000, over --budget-usd $0.05 (imagen4-ultra: ...); "
+                                "ask for fewer images or cheaper models, or use --budget-policy degrade.")
+    assert "--" not in budget and "$0.060000" in budget and "left today ($0.050000)" in budget
+
+
+def test_no_schema_is_served_and_the_key_variable_leaves_the_environment(server, monkeypatch):
+    from cluster.api.server import load_keys, parse_public_url
+    from cluster.errors import ImageGenError
+
+    status, body = get(f"{server['url']}/openapi.json")
+    assert status == 404 and b"paths" not in body and json.loads(body)["error"]["code"] == "IMG_011"
+    monkeypatch.setenv("KAMUI_TEST_KEYS", f"{KEY},{OTHER_KEY}")
+    assert load_keys("KAMUI_TEST_KEYS", None) == [KEY, OTHER_KEY]
+    assert "KAMUI_TEST_KEYS" not in os.environ  # an embedded Ray's workers will not inherit it
+    assert parse_public_url("https://images.example.com/kamui/") == "https://images.example.com/kamui"
+    with pytest.raises(ImageGenError):
+        parse_public_url("images.example.com")
+
+
 def test_models_and_health(client, server):
+    import openai
+
     ids = {m.id for m in client.models.list()}
     assert {"tiny-flux", "flux-schnell", "imagen4-fast"} <= ids
+    # one model, by its id or an alias (a client with a fixed model name works unchanged)
+    assert client.models.retrieve("flux-schnell").aliases == ["dall-e-2", "dall-e-3", "gpt-image-1"]
+    assert client.models.retrieve("client-fixed-model").id == "tiny-flux"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.body["code"] == "IMG_002"
+    result = client.images.generate(model="client-fixed-model", prompt="a lighthouse", size="64x64")
+    assert len(result.data) == 1
     with urllib.request.urlopen(f"{server['url']}/healthz", timeout=10) as response:
         assert json.loads(response.read())["status"] == "ok"
 
@@ -171,40 +384,205 @@ def test_multi_image_endpoint_writes_the_design_cards_layout(server):
         result = json.loads(response.read())
     assert result["report"]["generation_summary"]["successful_generations"] == 2
     assert result["outputs"]["images-completed"] == "2" and len(result["image_urls"]) == 2
-    folder = server["data"] / "multi-image" / "scene-1"
+    folder = server["data"] / "multi-image" / digest(KEY)[:24] / "scene-1"
     assert (folder / "images/generated-image.png").is_file() and (folder / "metadata/generation-report.json").is_file()
+    # the answer speaks of the API's URLs, never of the server's paths, nodes or addresses
+    text = json.dumps(result)
+    assert str(server["data"]) not in text and "node_id" not in text and "gcs_address" not in text
+    assert json.loads(result["outputs"]["image-urls"]) == result["image_urls"]
+    assert result["report"]["request"]["folder_name"] == "."
 
 
-def test_32_concurrent_clients_each_get_images_or_a_429_and_the_server_keeps_serving(client):
-    import openai
-    import psutil
+def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
-    def workers() -> int:
-        return len([p for p in psutil.process_iter(["cmdline"]) if "default_worker.py" in " ".join(p.info["cmdline"] or [])])
 
-    counts = []
-    for _ in range(2):
-        outcomes: list = []
+def test_multi_image_folders_are_their_keys_own_need_the_key_and_expire(server):
+    import os
 
-        def call(n: int) -> None:
-            try:
-                result = client.images.generate(model="tiny-flux", prompt=f"a lantern {n}", size="64x64")
-                outcomes.append(len(result.data))
-            except openai.RateLimitError as exc:
-                outcomes.append(exc.body["code"])
-            except Exception as exc:  # noqa: BLE001 - anything else is a failure of the test
-                outcomes.append(repr(exc))
+    def post(key: str, body: dict) -> tuple[int, dict]:
+        return post_json(server["url"], "/v1/multi-image", {"image-prompt": "a quiet pier", "models": "tiny-flux",
+                                                             **body}, {"Authorization": f"Bearer {key}"})
 
-        threads = [threading.Thread(target=call, args=(n,)) for n in range(32)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=180)
-        assert len(outcomes) == 32 and not any(t.is_alive() for t in threads)  # none hung, none lost
-        assert set(outcomes) <= {1, "IMG_006"} and outcomes.count(1) >= QUEUE
-        counts.append(workers())
-    assert client.images.generate(model="tiny-flux", prompt="still serving", size="64x64").data
-    assert counts[1] <= counts[0]  # no growth in workers across rounds
+    status, mine = post(KEY, {"folder-name": "scene-2", "seed": "1"})
+    assert status == 200
+    url = mine["image_urls"][0]
+    assert get(url)[0] == 401  # a guessable name: never without the key
+    assert get(url, {"Authorization": f"Bearer {OTHER_KEY}"})[0] == 404  # another key does not see it
+    status, png = get(url, {"Authorization": f"Bearer {KEY}"})
+    assert status == 200 and png_size(png) == (64, 64)
+    # the other key's folder of the same name is its own: the first is not overwritten
+    assert post(OTHER_KEY, {"folder-name": "scene-2", "seed": "2"})[0] == 200
+    assert get(url, {"Authorization": f"Bearer {KEY}"})[1] == png
+    for name in ("", "  ", "../scene-2", ".hidden", "a/b", "x" * 129):
+        status, body = post(KEY, {"folder-name": name})
+        assert status == 400 and body["error"]["code"] == "IMG_016", name
+    # past the time to live, it is gone
+    folder = server["data"] / "multi-image" / digest(KEY)[:24] / "scene-2"
+    os.utime(folder, (1, 1))
+    assert get(url, {"Authorization": f"Bearer {KEY}"})[0] == 404
+
+
+def test_the_data_directory_sweeps_expired_folders_and_one_folder_has_one_writer(tmp_path):
+    import os
+
+    from cluster.api.storage import DataDir
+    from cluster.errors import ImageGenError
+
+    abandoned = [tmp_path / "images/.abc.multi-image-journal/parts", tmp_path / "multi-image/owner/.x.multi-image-staging-1"]
+    for leftover in abandoned:
+        leftover.mkdir(parents=True)
+    data = DataDir(tmp_path, ttl_s=60)
+    data.start()  # a request of an earlier server left these: nothing runs yet, so they go
+    assert not any(p.exists() for p in abandoned)
+    old, fresh = data.multi_folder("owner", "old"), data.multi_folder("owner", "fresh")
+    _, request = data.new_request()
+    for folder in (old, fresh, request):
+        (folder / "images").mkdir(parents=True)
+    os.utime(old, (1, 1))
+    os.utime(request, (1, 1))
+    data.claim(fresh)
+    with pytest.raises(ImageGenError) as busy:
+        data.claim(fresh)
+    assert busy.value.code == "IMG_016"
+    journal = fresh.parent / ".fresh.multi-image-journal"
+    journal.mkdir()
+    data.release(fresh, keep=True)
+    assert not journal.exists() and fresh.exists()  # what the run left beside it goes with the request
+    data.sweep_if_due()
+    assert not old.exists() and not request.exists() and fresh.exists()
+
+
+def health(server) -> dict:
+    with urllib.request.urlopen(f"{server['url']}/healthz", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_for(condition, timeout: float = 30.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_past_the_queue_exactly_the_extra_requests_get_429_and_clients_that_leave_free_their_slots(server):
+    """QUEUE + 3 clients at once on a model whose calls hang: QUEUE held, exactly 3 refused. Then the
+    held clients leave: their runs are stopped (calls cancelled at the model), the slots are free
+    at once (not when the calls would have ended), and nothing of theirs stays on disk."""
+    import http.client
+
+    from tests.scripted_backend import read_log
+
+    body = json.dumps({"model": "slow", "prompt": "a slow lantern", "size": "32x32", "response_format": "url"})
+    answers: list = []
+    connections = [http.client.HTTPConnection("127.0.0.1", server["port"], timeout=60) for _ in range(QUEUE + 3)]
+
+    def call(connection) -> None:
+        try:
+            connection.request("POST", "/v1/images/generations", body=body,
+                               headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read())["error"]["code"]))
+        except OSError:
+            pass  # closed by the test below: a client that left
+
+    threads = [threading.Thread(target=call, args=(c,), daemon=True) for c in connections]
+    for thread in threads:
+        thread.start()
+    assert wait_for(lambda: len(answers) == 3 and health(server)["busy"] == QUEUE), (answers, health(server))
+    assert answers == [(429, "IMG_006")] * 3
+    def calls(event: str) -> int:
+        return len([e for e in read_log(server["slow_log"]) if e["event"] == event])
+
+    assert wait_for(lambda: calls("start") >= 2), calls("start")
+    before = {p.name for p in (server["data"] / "images").iterdir()}
+    for connection in connections:
+        connection.sock.shutdown(socket.SHUT_RDWR)
+        connection.close()
+    assert wait_for(lambda: health(server)["busy"] == 0, timeout=20), health(server)
+    assert wait_for(lambda: calls("cancelled") == calls("start") == calls("end"), timeout=10)  # none ran on
+    assert {p.name for p in (server["data"] / "images").iterdir()} <= before  # nothing left behind
+    assert len(answers) == 3
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_what_a_request_leaves_in_a_long_running_server_is_bounded():
+    """Every run looks up the cluster's resident registry (several times): the server's replica does
+    it for every request, for months. A lookup must not leave anything behind (it once made a new
+    Ray actor class each time, ~15 KB a lookup that Ray never frees)."""
+    import gc
+    import tracemalloc
+
+    from cluster.resident import registry_actor
+
+    for _ in range(5):  # the first lookups load what every later one shares
+        registry_actor()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(40):
+            registry_actor()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 16 * 1024, f"{grown / 40:.0f} bytes kept per lookup"
+
+
+def test_answers_that_a_retry_cannot_change_tell_clients_not_to_retry():
+    """The openai client retries 429 and 5xx twice by default, each retry a whole new run: a
+    timeout, a spent budget or a full disk would only be met again."""
+    from cluster.api.app import error_response
+    from cluster.errors import ImageGenError
+
+    def retry_header(code: str) -> str | None:
+        return error_response(ImageGenError(code, "x")).headers.get("x-should-retry")
+
+    assert [retry_header(c) for c in ("IMG_003", "IMG_029", "IMG_005", "IMG_009")] == ["false"] * 4
+    assert retry_header("IMG_006") is None and retry_header("IMG_019") is None  # busy, no replica now: later may do
+
+
+def post_json(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_second_server_never_moves_or_replaces_the_first(server, tmp_path, capsys):
+    """Ray Serve keeps its first proxy: a server asked for another port would print a URL where
+    nothing listens, and one asked for the same would replace the running app and its keys."""
+    import dataclasses
+
+    from cluster.api.server import deploy
+    from cluster.cli import main
+    from cluster.errors import ImageGenError
+
+    keyless = dataclasses.replace(server["config"], key_digests=())
+    with pytest.raises(ImageGenError) as moved:
+        deploy(keyless, "127.0.0.1", free_port())
+    assert moved.value.code == "IMG_011" and f"127.0.0.1:{server['port']}" in moved.value.message
+    with pytest.raises(ImageGenError) as replaced:
+        deploy(keyless, "127.0.0.1", server["port"])
+    assert replaced.value.code == "IMG_011" and "already runs" in replaced.value.message
+    status, body = post_json(server["url"], "/v1/images/generations", {"model": "tiny-flux", "prompt": "a fox"})
+    assert status == 401 and body["error"]["code"] == "IMG_007"  # the first server's keys still hold
+    # the command says so and prints no URL
+    assert main(["serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"), "--scorer", "none"]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out and f"127.0.0.1:{server['port']}" in err and "error IMG_011" in err
 
 
 def test_the_serve_command_refuses_an_open_bind_without_a_key(capsys):
@@ -215,46 +593,100 @@ def test_the_serve_command_refuses_an_open_bind_without_a_key(capsys):
 
 
 @pytest.mark.slow  # its own Ray and Serve: `-m slow`, and CI
-def test_the_serve_command_starts_reports_its_url_and_stops_on_a_signal(tmp_path, tiny_models):
+def test_the_serve_command_reports_its_url_and_a_signal_answers_the_requests_in_flight(tmp_path, tiny_models):
+    """SIGTERM with a request in flight (its first image made, its second hanging): the request gets
+    the image it has before the process exits, nothing is stranded in hidden journal folders, and
+    the proxy this command started is gone with it."""
+    import yaml
+
+    from tests.scripted_backend import read_log
+
+    models = server_models(tmp_path)
+    doc = yaml.safe_load(models.read_text())
+    doc["models"]["slow"]["call_args"].update(hang_calls=[2], counter=str(tmp_path / "slow.counter"))
+    models.write_text(yaml.safe_dump(doc))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KAMUI_TEST_KEY": KEY}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--address", "local",
                                 "--api-key-env", "KAMUI_TEST_KEY", "--data-dir", str(tmp_path / "data"),
-                                "--scorer", "none"],
+                                "--scorer", "none", "--config", str(models)],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
         line = process.stdout.readline()
         assert f"serving the OpenAI Images API at http://127.0.0.1:{port}/v1" in line, process.stderr.read()[-2000:]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as response:
-            assert json.loads(response.read())["status"] == "ok"
+        server = {"url": f"http://127.0.0.1:{port}", "port": port}
+        answers: list = []
+        request = threading.Thread(target=lambda: answers.append(images(server, {
+            "prompt": "a slow lantern", "model": "slow", "n": 2, "size": "32x32", "response_format": "url"})))
+        request.start()
+        log = tmp_path / "slow.jsonl"
+        assert wait_for(lambda: [e["event"] for e in read_log(log)].count("end") == 1 and
+                        [e["event"] for e in read_log(log)].count("start") == 2, timeout=60), read_log(log)
         os.kill(process.pid, signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
+        request.join(timeout=60)
+        out, err = process.communicate(timeout=90)
         assert process.returncode == 0 and "the API stopped" in out, err[-2000:]
         assert KEY not in out + err  # the key is never printed
+        ((status, answer),) = answers
+        assert status == 200 and len(answer["data"]) == 1, answer  # what it had when the server stopped
+        hidden = [p for p in (tmp_path / "data").rglob(".*")]
+        assert hidden == [], hidden
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_a_per_key_daily_budget_caps_each_key():
-    from cluster.api.app import KeyBudgets
+def test_a_per_key_daily_budget_holds_each_requests_estimate_and_keeps_only_today():
+    from cluster.api.keys import KeyBudgets
     from cluster.errors import ImageGenError
 
-    budgets = KeyBudgets(0.05)
-    slot, held = budgets.reserve("key-one-0123456789abcdef")
-    assert held == 0.05  # the run may spend what the key has left today
-    with pytest.raises(ImageGenError) as busy:  # held while it runs: a concurrent request gets none of it
-        budgets.reserve("key-one-0123456789abcdef")
-    assert busy.value.code == "IMG_029"
-    budgets.settle(slot, held, 0.04)  # it spent less: the rest is free again
-    slot, held = budgets.reserve("key-one-0123456789abcdef")
-    assert held == pytest.approx(0.01)
-    budgets.settle(slot, held, 0.01)
-    with pytest.raises(ImageGenError) as spent:
-        budgets.reserve("key-one-0123456789abcdef")
-    assert spent.value.code == "IMG_029"
-    _, other = budgets.reserve("key-two-0123456789abcdef")
-    assert other == 0.05  # another key's day is its own
-    assert KEY not in repr(budgets._spent)  # kept by digest, never the key
+    now = [1_700_000_000.0]
+    budgets = KeyBudgets(0.05, clock=lambda: now[0])
+    first = budgets.reserve("key-a", 0.02)
+    second = budgets.reserve("key-a", 0.02)  # a concurrent request of the same key is not refused
+    third = budgets.reserve("key-a", 0.02)
+    assert (first.usd, second.usd) == (0.02, 0.02) and third.usd == pytest.approx(0.01)  # what was left
+    with pytest.raises(ImageGenError) as held:
+        budgets.reserve("key-a", 0.01)
+    assert held.value.code == "IMG_029"
+    budgets.settle(first, 0.005)  # it cost less than estimated: the rest is free again
+    assert budgets.reserve("key-a", 1.0).usd == pytest.approx(0.015)
+    assert budgets.reserve("key-b", 0.05).usd == 0.05  # another key's day is its own
+    now[0] += 86_400  # the next UTC day: a fresh budget, and yesterday's rows go
+    budgets.settle(second, 0.02)
+    assert budgets.reserve("key-a", 0.01).usd == 0.01
+    assert budgets.rows() <= 3  # today's spent and held for key-a, and yesterday's still-held key-b request
+
+
+def test_a_run_that_failed_after_generating_is_charged_for_what_it_made():
+    from cluster.api.app import Job
+
+    job = Job(prices={"tiny-flux": 0.004, "imagen4-fast": 0.02})
+    for model in ("tiny-flux", "imagen4-fast", "tiny-flux"):
+        job.on_event({"event": "image_done", "model": model})
+    job.on_event({"event": "image_failed", "model": "tiny-flux"})
+    assert job.result is None and job.spent() == pytest.approx(0.028)
+
+
+def test_a_per_key_budget_without_keys_is_refused(capsys, tmp_path):
+    from cluster.cli import main
+
+    assert main(["serve", "--budget-usd-per-key-day", "1", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error IMG_011" in err and "--budget-usd-per-key-day" in err
+
+
+def test_stopping_the_server_stops_the_serve_proxy_it_started(server):
+    """Last in this module: it ends the module's server. A proxy left running would keep the next
+    server on its address (0.0.0.0 included) whatever that one asked for."""
+    from cluster.api.server import _running_serve, undeploy
+
+    assert server["deployment"].started_serve
+    undeploy(server["deployment"])
+    assert _running_serve() is None
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server["port"]), timeout=2):
+        pass

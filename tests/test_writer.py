@@ -146,3 +146,19 @@ def test_the_results_folder_honours_the_umask(request_, tmp_path, umask):
     for path in (folder, folder / "images", folder / "metadata"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask, path
     assert stat.S_IMODE((folder / "images/generated-image-1.png").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_durable_write_that_runs_out_of_space_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A full disk fails the fsync after the bytes went to the page cache: the half-written file
+    (a journal's `parts/*.tmp`) goes too, so "temporary files were removed" stays true."""
+    import os
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "parts" / "3.png.tmp"
+    target.parent.mkdir()
+    with pytest.raises(OSError):
+        writer_module.write_durably(target, b"\x89PNG" * 1000)
+    assert list(target.parent.iterdir()) == []

@@ -32,8 +32,10 @@ class Estimate:
                 "basis": self.basis}
 
 
-def estimate(counts: dict[str, int], specs: dict, history: dict, config: CostConfig) -> dict[str, Estimate]:
-    """`counts`: images per model; `history`: cluster.history.History.summary()."""
+def estimate(counts: dict[str, int], specs: dict, history: dict, config: CostConfig,
+             on_cpu: bool = False) -> dict[str, Estimate]:
+    """`counts`: images per model (a local model's load is shared by its images); `history`:
+    cluster.history.History.summary(); `on_cpu`: local models run on CPUs (priced at the CPU rate)."""
     out = {}
     for model, images in counts.items():
         spec = specs[model]
@@ -47,11 +49,11 @@ def estimate(counts: dict[str, int], specs: dict, history: dict, config: CostCon
             out[model] = Estimate(model, images, per_image, past.get("seconds_per_image"),
                                   f"history: {past['runs']} run(s), {past['images']} image(s) on this cluster")
             continue
-        rate = config.default_gpu_hour_usd
+        rate, where = (config.cpu_hour_usd, "CPU") if on_cpu else (config.default_gpu_hour_usd, "GPU")
         seconds = config.default_seconds_per_image + config.default_load_seconds / max(1, images)
         out[model] = Estimate(model, images, seconds * rate / 3600, config.default_seconds_per_image,
                               f"defaults (no history): {config.default_seconds_per_image:g} s/image, "
-                              f"{config.default_load_seconds:g} s load, ${rate:g}/h")
+                              f"{config.default_load_seconds:g} s load, ${rate:g}/h ({where})")
     return out
 
 
@@ -95,7 +97,9 @@ def fit(tasks: list, estimates: dict[str, Estimate], budget: float, policy: str,
 
 
 class BudgetTracker:
-    """Spending of a run, held by the scheduler: no call starts that would cross the budget."""
+    """Spending of a run, held by the scheduler: no call starts that would cross the budget. It
+    prices each image exactly as the plan was priced (the per-image estimates `fit` accepted, a
+    load shared by the plan's images), so it never refuses an image the plan's estimate accepted."""
 
     def __init__(self, budget: float, estimates: dict[str, Estimate]):
         self.budget = budget

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cluster.errors import ImageGenError
 from cluster.memory.architectures import Activations
+from cluster.memory.combinations import refuse_explicit
 from cluster.memory.planner import MemoryPlan, Need, PlanChoice, batch_for, choose, fitting
 from cluster.memory.sizes import ModelSizes, model_sizes
 from cluster.placement import NodeCapacity, free_card_gb, reserve_gb, smallest_card_gb, uses_gpus
@@ -57,7 +58,17 @@ def gpu_need(spec: ModelSpec, nodes: list[NodeCapacity], width: int, height: int
 def plan_replica(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict[str, dict[str, float]] | None,
                  width: int, height: int, batch_cap: int, run_plan: str | None = None,
                  sizes: ModelSizes | None = None) -> MemoryPlan:
-    """The plan every replica of `spec` uses in this run, or IMG_010 naming every plan's footprint."""
+    """The plan every replica of `spec` uses in this run, or IMG_010 naming every plan's footprint;
+    IMG_018 when a speed option set explicitly cannot run under it (before anything loads)."""
+    plan = _plan_replica(spec, nodes, free_by_node, width, height, batch_cap, run_plan, sizes)
+    if spec.is_local:
+        refuse_explicit(spec.id, spec.speedups, plan, cuda=uses_gpus(nodes))
+    return plan
+
+
+def _plan_replica(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict[str, dict[str, float]] | None,
+                  width: int, height: int, batch_cap: int, run_plan: str | None, sizes: ModelSizes | None
+                  ) -> MemoryPlan:
     forced = forced_plan(spec, run_plan)
     if not spec.is_local:
         return MemoryPlan("remote")

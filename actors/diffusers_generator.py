@@ -16,14 +16,15 @@ from actors.memory_apply import build_planned, load_planned
 from actors.speed import CompiledCalls, apply_speed, preflight
 from models.real_size import ARCH_BUILDERS
 from cluster.errors import ImageGenError
-from cluster.memory.planner import MemoryPlan
+from cluster.memory.planner import PROMPT_CACHE_ENTRIES, MemoryPlan
 from cluster.png import encode_png
 from cluster.work import GeneratedImage, ImageTask
 from models.registry import ModelSpec
 
 GIB = 1024**3
-# Distinct prompts whose embeddings a replica keeps (a few MB each for FLUX's T5 at 512 tokens).
-EMBEDDING_CACHE = 64
+# Distinct prompts whose embeddings a replica keeps on its card (4 MiB each for FLUX's T5 at 512
+# tokens); the memory planner counts them (cluster.memory.planner.prompt_cache_gb).
+EMBEDDING_CACHE = PROMPT_CACHE_ENTRIES
 
 
 class GenerationCancelled(ImageGenError):

@@ -120,14 +120,43 @@ def finish_plan(pipe, plan: MemoryPlan, device: str, torch, placed: bool = False
     elif plan.offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif plan.offload == "group":
-        pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
-                                  offload_type="block_level", num_blocks_per_group=1, use_stream=cuda,
-                                  exclude_modules=["vae"])
-        pipe.vae.to(device)  # small; grouped VAE decodes with streams misbehave when tiled
+        group_offload(pipe, device, torch, use_stream=cuda)
     elif plan.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     apply_vae(pipe, plan.vae)
     return pipe
+
+
+def group_offload(pipe, device: str, torch, use_stream: bool) -> None:
+    """diffusers' block-level group offload of every component but the VAE, one block per group.
+    A component whose blocks are not its direct children (T5: encoder.block; CLIP: text_model.
+    encoder.layers) names the modules leading to them (`block_modules`): diffusers groups only
+    direct ModuleList children, and would hold such an encoder on the card whole (T5-XXL: 8.9 GiB)."""
+    from diffusers.hooks import apply_group_offloading
+
+    options = dict(onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="block_level",
+                   num_blocks_per_group=1, use_stream=use_stream)
+    for name, component in pipe.components.items():
+        if name == "vae" or not isinstance(component, torch.nn.Module):
+            continue
+        apply_group_offloading(component, block_modules=block_parents(component, torch) or None, **options)
+    pipe.vae.to(device)  # small; grouped VAE decodes with streams misbehave when tiled
+
+
+def block_parents(module, torch) -> list[str]:
+    """Names of the modules between `module` and its shallowest lists of blocks, when those lists
+    are not its direct children; [] when they are (FLUX's transformer) or it has none."""
+    lists = (torch.nn.ModuleList, torch.nn.Sequential)
+    if any(isinstance(child, lists) for child in module.children()):
+        return []
+    names: set[str] = set()
+    for path, sub in module.named_modules():
+        if not path or not isinstance(sub, lists):
+            continue
+        parts = path.split(".")
+        if not any(isinstance(module.get_submodule(".".join(parts[:i])), lists) for i in range(1, len(parts))):
+            names.update(parts[:-1])
+    return sorted(names)
 
 
 def apply_vae(pipe, mode: str) -> None:

@@ -3,8 +3,9 @@
 The request is validated and planned as for a real run (models, images, seeds); then, per model,
 the memory plan it would use on each kind of node, the bundle it would ask Ray for, the nodes that
 could hold it and whether its weights are here. Nothing is generated, nothing is written, no
-weights are needed. `--card-memory GB` (and `--host-memory GB`) answer for a card the cluster does
-not have: "will FLUX fit my 16 GB card?" before downloading 34 GB.
+weights are needed. `--card-memory GIB` (and `--host-memory GIB`) answer for a card the cluster does
+not have: "will FLUX fit my 16 GiB card?" before downloading 34 GB. Sizes are GiB (2**30 bytes)
+throughout, as torch.cuda.mem_get_info reports them.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ def parse_memory(value: str | None, flag: str) -> float | None:
     if value is None or not str(value).strip():
         return None
     try:
-        number = float(str(value).strip().lower().removesuffix("gb"))
+        number = float(str(value).strip().lower().removesuffix("gib").removesuffix("gb"))
     except ValueError:
         number = -1.0
     if not 0 < number <= 4096:
-        raise ImageGenError("IMG_028", f"{flag} {value!r} must be a size in GB, e.g. 24.")
+        raise ImageGenError("IMG_028", f"{flag} {value!r} must be a size in GiB, e.g. 24.")
     return number
 
 
@@ -58,7 +59,7 @@ def hypothetical_nodes(what: Hypothetical, machine: list[NodeCapacity]) -> list[
     """One node with one card of `card_gb` (and `host_gb` of RAM, else this machine's)."""
     host = what.host_gb * GIB if what.host_gb is not None else (machine[0].memory_bytes if machine else 0.0)
     card = what.card_gb or 0.0
-    return [NodeCapacity("hypothetical", f"a {card:g} GB card", 8.0, 1.0 if card else 0.0, card, host)]
+    return [NodeCapacity("hypothetical", f"a {card:g} GiB card", 8.0, 1.0 if card else 0.0, card, host)]
 
 
 def node_kinds(nodes: list[NodeCapacity]) -> list[list[NodeCapacity]]:
@@ -108,8 +109,8 @@ def _plan_on(spec, kind: list[NodeCapacity], request: GenerationRequest, limits:
     if per_image > 0 and biggest > 0:
         cap = max(1, min(cap, int(biggest / 2 // per_image)))
     first = kind[0]
-    label = f"{first.card_gb:g} GB card, {first.host_gb:.0f} GB host RAM" if first.card_gb else \
-        f"no GPU, {first.host_gb:.0f} GB host RAM"
+    label = f"{first.card_gb:g} GiB card, {first.host_gb:.0f} GiB host RAM" if first.card_gb else \
+        f"no GPU, {first.host_gb:.0f} GiB host RAM"
     out: dict = {"node_kind": label, "nodes": [], "plan": None}
     try:
         plan = plan_replica(spec, kind, None, width, height, cap, request.memory_plan, sizes=sizes)
@@ -133,8 +134,8 @@ def render(result: dict) -> str:
             if plan is None:
                 lines.append(f"  on {kind['node_kind']}: does not fit: {kind.get('code')} {kind.get('message')}")
             else:
-                lines.append(f"  on {kind['node_kind']}: {plan['label']} ({plan['footprint_gb']:g} GB on the card, "
-                             f"{plan['host_gb']:g} GB host, batch {plan['batch']}): {plan['reason']}; "
+                lines.append(f"  on {kind['node_kind']}: {plan['label']} ({plan['footprint_gb']:g} GiB on the card, "
+                             f"{plan['host_gb']:g} GiB host, batch {plan['batch']}): {plan['reason']}; "
                              f"places on {', '.join(kind['nodes']) or 'no node'}")
     budget = f" (budget ${result['budget_usd']:g}: {'within' if result['within_budget'] else 'OVER'})" \
         if result["budget_usd"] is not None else ""

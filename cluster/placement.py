@@ -84,7 +84,7 @@ def describe(nodes: list[NodeCapacity]) -> str:
         return "no live nodes"
     parts = []
     for n in nodes:
-        gpu = f"{n.gpus:g} GPU" + (f" x {n.card_gb:g} GB" if n.card_gb else "") if n.gpus else "no GPU"
+        gpu = f"{n.gpus:g} GPU" + (f" x {n.card_gb:g} GiB" if n.card_gb else "") if n.gpus else "no GPU"
         parts.append(f"{n.address or n.node_id[:8]}: {n.cpus:g} CPU, {gpu}")
     return "; ".join(parts)
 
@@ -202,7 +202,7 @@ def check_placeable(spec: ModelSpec, bundle: dict[str, float], nodes: list[NodeC
 def fmt_bundle(bundle: dict[str, float]) -> str:
     parts = [f"{k}={v:g}" for k, v in bundle.items() if k != "memory"]
     if bundle.get("memory"):
-        parts.append(f"host memory={bundle['memory'] / 10**9:.2f} GB")
+        parts.append(f"host memory={bundle['memory'] / 2**30:.2f} GiB")
     return ", ".join(parts)
 
 

@@ -20,6 +20,19 @@ FLUX_SCHNELL_SCHEDULER = {"base_image_seq_len": 256, "base_shift": 0.5, "max_ima
                           "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False}
 
 
+def instantiate(component, dtype, torch):
+    """One component (cluster.memory.architectures.ComponentArch) built from its config, in `dtype`,
+    on the current default device (`with torch.device(...)`), weights initialised by its class."""
+    cls = getattr(importlib.import_module(component.library), component.class_name)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return cls(cls.config_class(**component.config)) if component.library == "transformers" else \
+            cls(**component.config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_arch_pipeline(arch, device: str, dtype, torch, seed: int = 0,
                         after_component: Callable[[str, object], None] | None = None):
     """A FluxPipeline of architecture `arch` (cluster.memory.architectures.Architecture) with random
@@ -35,9 +48,8 @@ def build_arch_pipeline(arch, device: str, dtype, torch, seed: int = 0,
     try:
         torch.set_default_dtype(dtype)
         for component_name, spec in arch.components.items():
-            cls = getattr(importlib.import_module(spec.library), spec.class_name)
             with torch.device(device):
-                module = cls(cls.config_class(**spec.config)) if spec.library == "transformers" else cls(**spec.config)
+                module = instantiate(spec, dtype, torch)
             module.eval()
             if after_component is not None:
                 after_component(component_name, module)

@@ -99,7 +99,7 @@ def test_no_card_big_enough_is_img_010_naming_need_and_supply():
     with pytest.raises(ImageGenError) as info:
         check_placeable(big, replica_bundle(big, [node("a")]), [node("a"), node("b")])
     assert info.value.code == "IMG_010"
-    assert "gpu_memory_gb=40" in info.value.message and "24 GB" in info.value.message
+    assert "gpu_memory_gb=40" in info.value.message and "24 GiB" in info.value.message
 
 
 def test_two_cards_of_a_node_do_not_make_one_big_card():

@@ -96,14 +96,14 @@ def _plan_replica(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict
 
 def unplaceable_message(spec: ModelSpec, need: Need, choice: PlanChoice, forced: str | None,
                         sizes: ModelSizes) -> str:
-    host = "unknown host RAM" if need.host_gb is None else f"{need.host_gb:.0f} GB host RAM"
-    where = f"a {need.card_gb:g} GB card with {host} at {need.width}x{need.height}"
+    host = "unknown host RAM" if need.host_gb is None else f"{need.host_gb:.0f} GiB host RAM"
+    where = f"a {need.card_gb:g} GiB card with {host} at {need.width}x{need.height}"
     if forced:
-        others = "; ".join(f"{p.label} ({p.gpu_gb:g} GB)" for p in fitting(sizes, need)) or "none"
+        others = "; ".join(f"{p.label} ({p.gpu_gb:g} GiB)" for p in fitting(sizes, need)) or "none"
         return (f"model {spec.id!r}: memory plan {forced!r} does not fit {where} ({choice.table()}). "
                 f"Plans that fit: {others}; name one with --memory-plan, or let it choose (--memory-plan auto).")
     hint = "add a node with a larger card or more host RAM, or pick a remote model"
     if not need.allow_fp8:
         hint += "; fp8 plans are off for it (allow_fp8: false)"
     return (f"model {spec.id!r}: no memory plan fits {where} ({choice.table()}); {hint}. "
-            "`multi-image generate --dry-run --card-memory GB` shows every plan for any card.")
+            "`multi-image generate --dry-run --card-memory GIB` shows every plan for any card.")

@@ -89,9 +89,10 @@ def load_planned(pipeline_cls, location: Path, kwargs: dict, plan: MemoryPlan, d
 
 
 def build_planned(name: str, plan: MemoryPlan, device: str, dtype, torch):
-    """A real-size random-weight pipeline (models.real_size) held as `plan` says: built on the card
-    for a resident plan (each large component cast to fp8 as soon as it exists, for an fp8 plan),
-    in host RAM for an offload plan."""
+    """A real-size random-weight pipeline (models.real_size) held as `plan` says: built on meta and
+    materialised layer by layer on the card for a resident plan (each large component's layers in
+    float8 as they are made, for an fp8 plan); for an offload plan made on the card layer by layer
+    and moved to host RAM at once (random values on a CPU take minutes)."""
     from cluster.memory.architectures import load_architecture
     from models.real_size import ARCH_BUILDERS, build_arch_pipeline
 
@@ -106,7 +107,8 @@ def build_planned(name: str, plan: MemoryPlan, device: str, dtype, torch):
                 sum(p.numel() for p in module.parameters()) >= FP8_MIN_PARAMS:
             cast_to_fp8(module, dtype, torch)
 
-    pipe = build_arch_pipeline(load_architecture(ARCH_BUILDERS[name]), build_on, dtype, torch, after_component=cast)
+    pipe = build_arch_pipeline(load_architecture(ARCH_BUILDERS[name]), build_on, dtype, torch, cast=cast,
+                               init_on=device)
     return finish_plan(pipe, plan, device, torch, placed=build_on == device)
 
 

@@ -257,6 +257,8 @@ def _cluster_up(args: argparse.Namespace) -> int:
         print(f"  {model}: {row['replicas']} replica(s) resident on {row['device']}, loaded in {row['load_seconds']:.1f}s")
     if report.scorer:
         print(f"  scorer {report.scorer.get('name')}: resident on {report.scorer.get('device')}")
+    for model, message in report.short.items():
+        print(f"  {model}: {message}", file=sys.stderr)
     for model, message in report.errors.items():
         print(f"  {model}: not resident: {message}", file=sys.stderr)
     if not report.models and model_ids:

@@ -28,7 +28,7 @@ from cluster.placement import (
     cluster_nodes,
     describe,
     replica_bundle,
-    replica_count,
+    replica_capacity,
 )
 from cluster.work import ReplicaInfo
 from models.registry import ModelSpec
@@ -40,6 +40,15 @@ LOCAL_QUEUE_SLOTS = 8
 
 def _credentials(spec: ModelSpec):
     return env.google_credentials() if spec.backend == "imagen" else None
+
+
+def host_bytes(spec: ModelSpec, plan: MemoryPlan, batch: int, limits: Limits) -> int:
+    """Host memory one replica reserves: what its memory plan holds in host RAM at its peak
+    (offloaded weights, pinned copies, loading), plus memory_limit_per_image for each image of
+    its batch (decoded images, PNG buffers)."""
+    if not spec.is_local:
+        return 0
+    return int(plan.host_gb * 2**30) + limits.perf.memory_limit_per_image * batch
 
 
 @dataclass
@@ -163,8 +172,8 @@ class ReplicaPool:
         try:
             plan = self.plan(spec, width, height)
             batch = plan.batch if spec.is_local else spec.max_batch_size
-            memory = self.limits.perf.memory_limit_per_image * batch if spec.is_local else 0
-            bundle = replica_bundle(spec, self.nodes, memory, batch, gpu_gb=plan.gpu_gb or None)
+            bundle = replica_bundle(spec, self.nodes, host_bytes(spec, plan, batch, self.limits), batch,
+                                    gpu_gb=plan.gpu_gb or None)
             check_placeable(spec, bundle, self.nodes)
         except ImageGenError as exc:
             batch = spec.max_batch_size
@@ -172,7 +181,10 @@ class ReplicaPool:
             self.groups[spec.id] = group
             self.events.emit("model_unplaceable", model=spec.id, code=exc.code, message=exc.message)
             return group
-        count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes, self._free_for(spec))
+        count, short = replica_capacity(spec, images, batch, self.max_parallel, bundle, self.nodes,
+                                        self._free_for(spec))
+        if short:
+            self.events.emit("replicas_limited", model=spec.id, replicas=count, reason=short)
         if spec.is_local:
             self.events.emit("memory_plan", model=spec.id, plan=plan.label, footprint_gb=plan.gpu_gb,
                              batch=batch, reason=plan.reason)
@@ -269,6 +281,9 @@ class ReplicaPool:
         for name, actor in actors.items():
             replicas.append(Replica(name=f"{spec.id}-{name.rsplit('/', 1)[-1]}", model=spec.id, actor=actor,
                                     concurrency=concurrency, load_ref=self._load(actor), resident=True))
+        if answer.get("error") and len(replicas) < count:  # the registry placed fewer than asked: say what ran out
+            self.events.emit("replicas_limited", model=spec.id, replicas=len(replicas),
+                             reason=f"{len(replicas)} of the {count} replicas asked for: {answer['error']}")
         self.events.emit("model_loading", model=spec.id, replicas=len(replicas), batch_size=batch,
                          resident=True, created=len(answer["created"]))
         return ModelGroup(spec, replicas, batch)

@@ -343,3 +343,60 @@ def test_dry_run_input_errors(capsys, args, code):
     status = main(["generate", "--image-prompt", "a lighthouse", "--folder-name", "never", "--models", "tiny-flux",
                    "--dry-run", *args])
     assert status == 2 and f"error {code}" in capsys.readouterr().err
+
+
+# --- random-weight architectures, built on meta and made a layer at a time ----------------------
+
+def tiny_architecture():
+    """FLUX.1's components with tiny-flux's shapes (real vocabularies), as an architecture file gives them."""
+    from cluster.memory.architectures import Architecture
+
+    flux = load_architecture("flux1-schnell")
+    configs = {
+        "transformer": dict(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                            axes_dims_rope=[4, 4, 8]),
+        "text_encoder_2": dict(vocab_size=32128, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                               feed_forward_proj="gated-gelu", is_gated_act=True, dense_act_fn="gelu_new"),
+        "text_encoder": dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                             projection_dim=32, vocab_size=49408, max_position_embeddings=77),
+        "vae": dict(in_channels=3, out_channels=3, latent_channels=1, block_out_channels=[4, 4, 4, 4],
+                    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                    layers_per_block=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                    scaling_factor=1.5035, shift_factor=0.0609),
+    }
+    components = {name: flux.components[name].model_copy(update={"config": config}) for name, config in configs.items()}
+    return Architecture(name="tiny", pipeline="FluxPipeline", dtype_bytes=4, components=components,
+                        activations=flux.activations, sizes={})
+
+
+def test_a_random_weight_architecture_is_cast_on_meta_and_made_layer_by_layer():
+    """An fp8 plan's random-weight FLUX: each component cast while it is still on the meta device,
+    then made a layer at a time in its storage dtypes, so the card never holds the bf16
+    transformer beside T5 (23+ GiB on a 24 GiB card)."""
+    import torch
+
+    from actors.memory_apply import cast_to_fp8
+    from actors.meta_count import count_on_meta
+    from models.real_size import build_arch_pipeline
+
+    arch = tiny_architecture()
+    devices = {}
+
+    def cast(name, module):
+        devices[name] = {p.device.type for p in module.parameters()}
+        if name in ("transformer", "text_encoder_2"):
+            cast_to_fp8(module, torch.float32, torch)
+
+    pipe = build_arch_pipeline(arch, "cpu", torch.float32, torch, cast=cast)
+    assert devices["transformer"] == devices["text_encoder_2"] == {"meta"}
+    counted = count_on_meta(arch)
+    for name in ("transformer", "text_encoder_2"):
+        params = list(getattr(pipe, name).parameters())
+        assert {p.device.type for p in params} == {"cpu"}
+        kept = sum(p.numel() for p in params if p.dtype != torch.float8_e4m3fn)
+        assert 0 < kept < sum(p.numel() for p in params) and kept == counted[name].fp8_kept  # as the planner counts
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(prompt="a lighthouse", height=64, width=64, num_inference_steps=2, guidance_scale=0.0,
+                  max_sequence_length=32, output_type="np", generator=torch.Generator("cpu").manual_seed(0)).images
+    assert np.isfinite(images).all() and images.std() > 0

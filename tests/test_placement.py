@@ -125,6 +125,32 @@ def test_replica_count_from_images_max_parallel_and_free_gpus():
     assert replica_count(s, images=20, batch_size=2, max_parallel=8, bundle=bundle, nodes=nodes, free=free) == 2
 
 
+def test_fewer_replicas_than_asked_names_the_resource_that_ran_out():
+    """Four logical 24 GiB cards whose host RAM holds two FLUX replicas' plans: two, and why."""
+    from cluster.placement import replica_capacity
+
+    four_cards = [NodeCapacity("a", "a", 16, 4, 96, 60 * 2**30)]
+    flux = spec(gpus=1, gpu_memory_gb=23.4, max_batch_size=4)
+    bundle = replica_bundle(flux, four_cards, memory_bytes=26 * 2**30, gpu_gb=23.4)
+    count, why = replica_capacity(flux, images=16, batch_size=4, max_parallel=4, bundle=bundle, nodes=four_cards)
+    assert count == 2 and "2 of the 4 replicas wanted: host memory ran out first" in why
+    roomy = [NodeCapacity("a", "a", 16, 4, 96, 200 * 2**30)]
+    assert replica_capacity(flux, images=16, batch_size=4, max_parallel=4, bundle=bundle, nodes=roomy) == (4, "")
+    count, why = replica_capacity(flux, images=16, batch_size=4, max_parallel=4, bundle=bundle, nodes=roomy,
+                                  free={"GPU": 3.0, GPU_MEMORY_RESOURCE: 72.0})
+    assert count == 3 and "GPUs free now ran out first" in why
+
+
+def test_a_replica_reserves_its_plans_host_memory_beside_its_images():
+    from cluster.limits import load_limits
+    from cluster.memory.planner import MemoryPlan
+    from cluster.replicas import host_bytes
+
+    limits = load_limits()
+    plan = MemoryPlan("group-offload", host_gb=38.0, batch=2)
+    assert host_bytes(spec(), plan, 2, limits) == 38 * 2**30 + 2 * limits.perf.memory_limit_per_image
+
+
 @pytest.mark.slow  # a minute and more: `./scripts/test.sh -m slow` (CI runs it after the suite)
 def test_multinode_cluster_spreads_packs_and_fails_fast():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -106,10 +106,12 @@ def reserve_gb(spec: ModelSpec, batch: int = 1) -> float:
 def gpu_share(declared_gpus: float, memory_gb: float, card_gb: float | None) -> float:
     """The `GPU` a replica asks Ray for.
 
-    Up to one card, memory decides: a model declared `gpus: 1` that asked Ray for a whole GPU could
-    never share a card with the CLIP scorer, even when both fit in its memory. Ray counts a card's
-    fractions, `gpu_memory_gb` counts its memory; rounding down keeps two replicas whose memory fits
-    one card from missing it by a rounding error. Above one card, whole cards.
+    Up to one card, memory decides, never below a fraction the model declares: a model declared
+    `gpus: 1` that asked Ray for a whole GPU could never share a card with the CLIP scorer, even
+    when both fit in its memory, so `gpus: 1` means "one card at most"; `gpus: 0.5` means at least
+    half a card's compute, whatever its memory. Ray counts a card's fractions, `gpu_memory_gb`
+    counts its memory; rounding down keeps two replicas whose memory fits one card from missing it
+    by a rounding error. Above one card, whole cards.
     """
     if declared_gpus <= 0:
         return 0.0
@@ -118,7 +120,8 @@ def gpu_share(declared_gpus: float, memory_gb: float, card_gb: float | None) -> 
     if not card_gb or memory_gb <= 0:
         return round(declared_gpus, 4)
     share = math.floor(min(1.0, memory_gb / card_gb) * 10**4) / 10**4
-    return max(share, 1e-4)
+    floor = declared_gpus if declared_gpus < 1 else 0.0
+    return max(share, round(floor, 4), 1e-4)
 
 
 def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int = 0, batch: int = 1,

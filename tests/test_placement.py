@@ -45,7 +45,9 @@ def test_bundle_asks_for_gpu_memory_and_the_share_of_a_card_it_is():
     (1, 34, 80, 0.425),
     (1, 24, 24, 1.0),        # exactly one card
     (1, 30, 24, 1.0),        # more than a card: a whole one (and node_fits refuses it)
-    (0.1, 2, 24, 0.0833),    # rounded down, so shares whose memory fits a card fit it
+    (0.05, 2, 24, 0.0833),   # rounded down, so shares whose memory fits a card fit it
+    (0.1, 2, 24, 0.1),       # never below the fraction the model declares
+    (0.5, 6, 24, 0.5),
     (0.5, 0, 24, 0.5),       # no memory declared: the declared share
     (1, 10, None, 1),        # cards of unknown size: the declared share
     (2, 40, 24, 2.0),        # several cards: whole ones

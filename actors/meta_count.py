@@ -36,6 +36,34 @@ def count_on_meta(arch: Architecture) -> dict[str, ComponentSize]:
     return sizes
 
 
+def transformer_flops(arch: Architecture, width: int, height: int, text_tokens: int) -> float:
+    """FLOPs of one denoising step of `arch`'s transformer for one image: its forward run on the
+    meta device under torch's FlopCounterMode, so every Linear counts over the tokens it really
+    sees (modulation and time embeddings once per image, the double blocks' image weights over
+    the image tokens and their text weights over the text tokens) and attention over both."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.real_size import instantiate
+
+    component = arch.components["transformer"]
+    config = component.config
+    image_tokens = (height // 16) * (width // 16)  # VAE x8, then 2x2 latent patches per token
+    with torch.device("meta"), torch.no_grad():
+        model = instantiate(component, torch.bfloat16, torch)
+        inputs = dict(hidden_states=torch.empty(1, image_tokens, config["in_channels"], dtype=torch.bfloat16),
+                      encoder_hidden_states=torch.empty(1, text_tokens, config["joint_attention_dim"],
+                                                        dtype=torch.bfloat16),
+                      pooled_projections=torch.empty(1, config["pooled_projection_dim"], dtype=torch.bfloat16),
+                      timestep=torch.empty(1, dtype=torch.bfloat16), img_ids=torch.empty(image_tokens, 3),
+                      txt_ids=torch.empty(text_tokens, 3), return_dict=False)
+        if config.get("guidance_embeds"):
+            inputs["guidance"] = torch.empty(1, dtype=torch.bfloat16)
+        with FlopCounterMode(display=False) as counter:
+            model(**inputs)
+    return float(counter.get_total_flops())
+
+
 def repeated_blocks(model, paths: tuple[str, ...]) -> list:
     found = []
     for path in paths:

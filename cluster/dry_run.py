@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cluster.errors import ImageGenError
 from cluster.limits import Limits
 from cluster.memory.replica_plan import plan_replica, sizes_for
-from cluster.placement import NodeCapacity, check_placeable, describe, replica_bundle
+from cluster.placement import NodeCapacity, check_placeable, describe, host_bytes, replica_bundle
 from cluster.request import GenerationRequest
 from models import availability
 from models.registry import Registry
@@ -114,7 +114,8 @@ def _plan_on(spec, kind: list[NodeCapacity], request: GenerationRequest, limits:
     out: dict = {"node_kind": label, "nodes": [], "plan": None}
     try:
         plan = plan_replica(spec, kind, None, width, height, cap, request.memory_plan, sizes=sizes)
-        bundle = replica_bundle(spec, kind, per_image * plan.batch, plan.batch, gpu_gb=plan.gpu_gb or None)
+        bundle = replica_bundle(spec, kind, host_bytes(spec, plan, plan.batch, limits), plan.batch,
+                                gpu_gb=plan.gpu_gb or None)
         out.update(plan=plan.as_dict(), bundle={k: v for k, v in bundle.items()})
         out["nodes"] = [n.address or n.node_id for n in check_placeable(spec, bundle, kind)]
     except ImageGenError as exc:

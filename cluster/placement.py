@@ -124,6 +124,15 @@ def gpu_share(declared_gpus: float, memory_gb: float, card_gb: float | None) -> 
     return max(share, round(floor, 4), 1e-4)
 
 
+def host_bytes(spec: ModelSpec, plan, batch: int, limits) -> int:
+    """Host memory one replica reserves: what its memory plan holds in host RAM at its peak
+    (offloaded weights, pinned copies, loading), plus memory_limit_per_image for each image of
+    its batch (decoded images, PNG buffers)."""
+    if not spec.is_local:
+        return 0
+    return int(plan.host_gb * 2**30) + limits.perf.memory_limit_per_image * batch
+
+
 def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int = 0, batch: int = 1,
                    gpu_gb: float | None = None) -> dict[str, float]:
     """The resources one replica of `spec` holds at `batch` images per call; `gpu_gb`: its memory

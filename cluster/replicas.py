@@ -28,6 +28,7 @@ from cluster.placement import (
     check_placeable,
     cluster_nodes,
     describe,
+    host_bytes,
     replica_bundle,
     replica_capacity,
 )
@@ -51,15 +52,6 @@ def history_seconds_per_image(spec: ModelSpec) -> float | None:
     known = [row["seconds_per_image"] for row in rows.values()
              if row["model"] == spec.id and row["weights"] == spec.weights and row["seconds_per_image"]]
     return known[0] if known else None
-
-
-def host_bytes(spec: ModelSpec, plan: MemoryPlan, batch: int, limits: Limits) -> int:
-    """Host memory one replica reserves: what its memory plan holds in host RAM at its peak
-    (offloaded weights, pinned copies, loading), plus memory_limit_per_image for each image of
-    its batch (decoded images, PNG buffers)."""
-    if not spec.is_local:
-        return 0
-    return int(plan.host_gb * 2**30) + limits.perf.memory_limit_per_image * batch
 
 
 @dataclass

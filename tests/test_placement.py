@@ -146,7 +146,7 @@ def test_fewer_replicas_than_asked_names_the_resource_that_ran_out():
 def test_a_replica_reserves_its_plans_host_memory_beside_its_images():
     from cluster.limits import load_limits
     from cluster.memory.planner import MemoryPlan
-    from cluster.replicas import host_bytes
+    from cluster.placement import host_bytes
 
     limits = load_limits()
     plan = MemoryPlan("group-offload", host_gb=38.0, batch=2)

@@ -50,7 +50,8 @@ def gpu_need(spec: ModelSpec, nodes: list[NodeCapacity], width: int, height: int
     card = smallest_card_gb(nodes)
     if card is None:
         return None
-    hosts = [n.host_gb for n in nodes if n.card_gb and n.host_gb > 0]
+    # the host RAM a replica's bundle can reserve there: Ray's `memory` resource of the node
+    hosts = [n.memory_bytes / 2**30 for n in nodes if n.card_gb and n.memory_bytes > 0]
     return Need(card_gb=card, host_gb=min(hosts) if hosts else None, batch=batch, width=width, height=height,
                 allow_fp8=spec.allow_fp8)
 

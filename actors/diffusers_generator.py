@@ -13,17 +13,18 @@ from collections import OrderedDict
 from pathlib import Path
 
 from actors.memory_apply import build_planned, load_planned
-from actors.speed import apply_speed
+from actors.speed import CompiledCalls, apply_speed, preflight
 from models.real_size import ARCH_BUILDERS
 from cluster.errors import ImageGenError
-from cluster.memory.planner import MemoryPlan
+from cluster.memory.planner import PROMPT_CACHE_ENTRIES, MemoryPlan
 from cluster.png import encode_png
 from cluster.work import GeneratedImage, ImageTask
 from models.registry import ModelSpec
 
 GIB = 1024**3
-# Distinct prompts whose embeddings a replica keeps (a few MB each for FLUX's T5 at 512 tokens).
-EMBEDDING_CACHE = 64
+# Distinct prompts whose embeddings a replica keeps on its card (4 MiB each for FLUX's T5 at 512
+# tokens); the memory planner counts them (cluster.memory.planner.prompt_cache_gb).
+EMBEDDING_CACHE = PROMPT_CACHE_ENTRIES
 
 
 class GenerationCancelled(ImageGenError):
@@ -38,6 +39,20 @@ def card_placement(free_bytes: list[int]) -> dict:
     if len(free_bytes) <= 1:
         return {}
     return {"device_map": "balanced", "max_memory": {i: int(free * 0.95) for i, free in enumerate(free_bytes)}}
+
+
+def compute_dtype(name: str, cuda: bool, torch):
+    """(dtype, note): the model's dtype on a card that computes it; bf16 on a card without bf16
+    units (pre-Ampere: T4, 2080) becomes fp16, with the reason. On the CPU, float32: bf16 there is
+    slow and some ops lack kernels (CPU runs are for tests and demos)."""
+    if not cuda:
+        return torch.float32, ""
+    dtype = getattr(torch, name)
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        major, minor = torch.cuda.get_device_capability()
+        return torch.float16, (f"bfloat16 is not supported by this card (compute capability {major}.{minor}): "
+                               "computing in float16")
+    return dtype, ""
 
 
 class DiffusersGenerator:
@@ -66,28 +81,32 @@ class DiffusersGenerator:
         self.memory_plan = memory_plan or MemoryPlan("resident")
         started = time.perf_counter()
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.card_name = torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"  # what its time costs
-        # bf16 on CPU is slow and some ops lack kernels; CPU runs are for tests and demos.
-        self.dtype = getattr(torch, spec.dtype) if self.device == "cuda" else torch.float32
+        cuda = torch.cuda.is_available()
+        self.device = "cuda" if cuda else "cpu"  # what components are moved to: never a display string
+        self.card_name = torch.cuda.get_device_name(0) if cuda else "cpu"  # what its time costs
+        self.dtype, self.dtype_note = compute_dtype(spec.dtype, cuda, torch)
+        kind, value = spec.source_kind()
+        built = kind == "builtin" and value in ARCH_BUILDERS
         placement: dict = {}
-        if self.device == "cuda":
+        if cuda:
             free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
             self._check_free_memory(free, gpu_reserve_gb if gpu_reserve_gb is not None else spec.gpu_memory_gb)
-            placement = card_placement(free)
+            # a built architecture is made on one card by its plan; a loaded one spreads by device map
+            placement = {} if built else card_placement(free)
             for i in range(len(free)):
                 torch.cuda.reset_peak_memory_stats(i)
             if placement:
-                self.device = f"cuda:0-{len(free) - 1} (balanced)"
                 self.memory_plan = MemoryPlan("device-map", gpu_gb=gpu_reserve_gb or 0.0, batch=self.memory_plan.batch,
                                               reason=f"components spread over {len(free)} cards")
+        self.device_label = f"cuda:0-{len(free) - 1} (balanced)" if placement else self.device
+        # explicit speed options the plan or the device cannot take are refused before anything loads
+        record = preflight(spec.speedups, self.memory_plan, self.device, torch, spec.id)
 
         pipeline_cls = getattr(diffusers, spec.pipeline, None)
         if pipeline_cls is None:
             raise ImageGenError("IMG_018", f"model {spec.id!r}: diffusers has no pipeline class {spec.pipeline!r}.")
-        kind, value = spec.source_kind()
-        if kind == "builtin" and value in ARCH_BUILDERS:
-            if not self.device.startswith("cuda"):
+        if built:
+            if not cuda:
                 raise ImageGenError("IMG_010", f"model {spec.id!r} is a real-size architecture with random weights "
                                                "(about 34 GB in bf16): it needs a CUDA GPU; on the CPU use tiny-flux.")
             self.pipe = build_planned(value, self.memory_plan, self.device, self.dtype, torch)
@@ -106,21 +125,26 @@ class DiffusersGenerator:
                     "IMG_002", f"model {spec.id!r}: loading {location} failed: {' '.join(str(exc).split())[:400]}"
                 ) from None
         self.pipe.set_progress_bar_config(disable=True)
-        self.speed = apply_speed(self.pipe, spec.speedups, self.device, torch, spec.id, plan_fp8=self.memory_plan.fp8,
-                                 offloaded=self.memory_plan.offload != "none")
+        self.speed = apply_speed(self.pipe, spec.speedups, record, spec.id)
         parameters = inspect.signature(self.pipe.__call__).parameters
         self._supports_callback = "callback_on_step_end" in parameters
         # pipelines taking pooled embeddings (FLUX) get each prompt encoded once per replica
         self._reuses_embeddings = "pooled_prompt_embeds" in parameters and hasattr(self.pipe, "encode_prompt")
-        if "compile" in self.speed.applied:
+        self._compiled = CompiledCalls(torch) if "compile" in self.speed.applied else None
+        if self._compiled is not None:
             self._warm_up()  # the compile happens here, in the load time, not in the first request
+        if cuda:  # what the loaded model holds, not the build's transient peak
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(i)
         self.load_seconds = time.perf_counter() - started
 
     def _warm_up(self) -> None:
-        from cluster.work import ImageTask
-
+        """One call of batch 1 and one of the plan's largest batch (what the coalescer sends), at the
+        model's default size: the graphs a first request and a first coalesced batch need."""
         spec = self.spec
-        self.generate([ImageTask(0, spec.id, "warm-up", 0, spec.width, spec.height, spec.steps, spec.guidance)])
+        for batch in sorted({1, max(1, self.memory_plan.batch)}):
+            self.generate([ImageTask(i, spec.id, "warm-up", i, spec.width, spec.height, spec.steps, spec.guidance)
+                           for i in range(batch)])
         self._embeddings.clear()
         self.text_encodes = 0
 
@@ -190,11 +214,17 @@ class DiffusersGenerator:
             kwargs.update(self._prompt_kwargs([t.prompt for t in tasks], kwargs.get("max_sequence_length")))
             if self._supports_callback:
                 kwargs["callback_on_step_end"] = self._step_callback(call_id, started, budget)
-            with torch.inference_mode():
-                output = self.pipe(**kwargs)
+            output = self._call_pipeline(kwargs, (len(tasks), first.width, first.height))
             elapsed = time.perf_counter() - started
         self._cancelled.pop(call_id, None)
         return [self._to_result(task, array, elapsed / len(tasks)) for task, array in zip(tasks, output.images)]
+
+    def _call_pipeline(self, kwargs: dict, shape: tuple):
+        def call():
+            with self._torch.inference_mode():
+                return self.pipe(**kwargs)
+
+        return call() if self._compiled is None else self._compiled.run(shape, call)
 
     def _prompt_kwargs(self, prompts: list[str], max_sequence_length: int | None) -> dict:
         """The call's prompt arguments: the prompts themselves, or their cached embeddings. An

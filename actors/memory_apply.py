@@ -89,9 +89,10 @@ def load_planned(pipeline_cls, location: Path, kwargs: dict, plan: MemoryPlan, d
 
 
 def build_planned(name: str, plan: MemoryPlan, device: str, dtype, torch):
-    """A real-size random-weight pipeline (models.real_size) held as `plan` says: built on the card
-    for a resident plan (each large component cast to fp8 as soon as it exists, for an fp8 plan),
-    in host RAM for an offload plan."""
+    """A real-size random-weight pipeline (models.real_size) held as `plan` says: built on meta and
+    materialised layer by layer on the card for a resident plan (each large component's layers in
+    float8 as they are made, for an fp8 plan); for an offload plan made on the card layer by layer
+    and moved to host RAM at once (random values on a CPU take minutes)."""
     from cluster.memory.architectures import load_architecture
     from models.real_size import ARCH_BUILDERS, build_arch_pipeline
 
@@ -106,7 +107,8 @@ def build_planned(name: str, plan: MemoryPlan, device: str, dtype, torch):
                 sum(p.numel() for p in module.parameters()) >= FP8_MIN_PARAMS:
             cast_to_fp8(module, dtype, torch)
 
-    pipe = build_arch_pipeline(load_architecture(ARCH_BUILDERS[name]), build_on, dtype, torch, after_component=cast)
+    pipe = build_arch_pipeline(load_architecture(ARCH_BUILDERS[name]), build_on, dtype, torch, cast=cast,
+                               init_on=device)
     return finish_plan(pipe, plan, device, torch, placed=build_on == device)
 
 
@@ -120,14 +122,43 @@ def finish_plan(pipe, plan: MemoryPlan, device: str, torch, placed: bool = False
     elif plan.offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif plan.offload == "group":
-        pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
-                                  offload_type="block_level", num_blocks_per_group=1, use_stream=cuda,
-                                  exclude_modules=["vae"])
-        pipe.vae.to(device)  # small; grouped VAE decodes with streams misbehave when tiled
+        group_offload(pipe, device, torch, use_stream=cuda)
     elif plan.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     apply_vae(pipe, plan.vae)
     return pipe
+
+
+def group_offload(pipe, device: str, torch, use_stream: bool) -> None:
+    """diffusers' block-level group offload of every component but the VAE, one block per group.
+    A component whose blocks are not its direct children (T5: encoder.block; CLIP: text_model.
+    encoder.layers) names the modules leading to them (`block_modules`): diffusers groups only
+    direct ModuleList children, and would hold such an encoder on the card whole (T5-XXL: 8.9 GiB)."""
+    from diffusers.hooks import apply_group_offloading
+
+    options = dict(onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="block_level",
+                   num_blocks_per_group=1, use_stream=use_stream)
+    for name, component in pipe.components.items():
+        if name == "vae" or not isinstance(component, torch.nn.Module):
+            continue
+        apply_group_offloading(component, block_modules=block_parents(component, torch) or None, **options)
+    pipe.vae.to(device)  # small; grouped VAE decodes with streams misbehave when tiled
+
+
+def block_parents(module, torch) -> list[str]:
+    """Names of the modules between `module` and its shallowest lists of blocks, when those lists
+    are not its direct children; [] when they are (FLUX's transformer) or it has none."""
+    lists = (torch.nn.ModuleList, torch.nn.Sequential)
+    if any(isinstance(child, lists) for child in module.children()):
+        return []
+    names: set[str] = set()
+    for path, sub in module.named_modules():
+        if not path or not isinstance(sub, lists):
+            continue
+        parts = path.split(".")
+        if not any(isinstance(module.get_submodule(".".join(parts[:i])), lists) for i in range(1, len(parts))):
+            names.update(parts[:-1])
+    return sorted(names)
 
 
 def apply_vae(pipe, mode: str) -> None:

@@ -93,7 +93,7 @@ class ModelWorker:
             self.backend = make_backend(self.spec, self.cache_root, self.replica, self.credentials,
                                         self.gpu_reserve_gb, self.memory_plan)
             context = ray.get_runtime_context()
-            device = str(getattr(self.backend, "device", "remote"))
+            device = str(getattr(self.backend, "device_label", None) or getattr(self.backend, "device", "remote"))
             gpu_ids = [str(g) for g in ray.get_gpu_ids()]
             self._info = ReplicaInfo(
                 model=self.spec.id,
@@ -106,7 +106,7 @@ class ModelWorker:
                 gpu_ids=gpu_ids,
                 restarts=1 if context.was_current_actor_reconstructed else 0,
                 pid=os.getpid(),
-                note=_cpu_note(device, gpu_ids),
+                note="; ".join(n for n in (_cpu_note(device, gpu_ids), getattr(self.backend, "dtype_note", "")) if n),
                 memory_plan=self._plan_record(),
                 speed=getattr(getattr(self.backend, "speed", None), "as_dict", lambda: None)(),
                 card=getattr(self.backend, "card_name", "") if self.spec.is_local else "",

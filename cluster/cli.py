@@ -84,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dry-run", action="store_true",
                      help="Validate and plan only: per model, the memory plan, bundle and nodes it would use, and "
                           "whether its weights are here. Generates and writes nothing.")
-    gen.add_argument("--card-memory", default=None, metavar="GB",
-                     help="With --dry-run: plan for one card of this many GB instead of the cluster's.")
-    gen.add_argument("--host-memory", default=None, metavar="GB",
-                     help="With --dry-run and --card-memory: that machine's free RAM (default: this machine's).")
+    gen.add_argument("--card-memory", default=None, metavar="GIB",
+                     help="With --dry-run: plan for one card of this many GiB (what torch.cuda.mem_get_info "
+                          "reports over 2**30) instead of the cluster's.")
+    gen.add_argument("--host-memory", default=None, metavar="GIB",
+                     help="With --dry-run and --card-memory: that machine's free RAM in GiB (default: this "
+                          "machine's).")
     gen.set_defaults(handler=_generate)
 
     batch = sub.add_parser("batch", help="Run a manifest of requests on shared warm replicas (resumable).",
@@ -273,6 +275,8 @@ def _cluster_up(args: argparse.Namespace) -> int:
         print(f"  {model}: {row['replicas']} replica(s) resident on {row['device']}, loaded in {row['load_seconds']:.1f}s")
     if report.scorer:
         print(f"  scorer {report.scorer.get('name')}: resident on {report.scorer.get('device')}")
+    for model, message in report.short.items():
+        print(f"  {model}: {message}", file=sys.stderr)
     for model, message in report.errors.items():
         print(f"  {model}: not resident: {message}", file=sys.stderr)
     if not report.models and model_ids:

@@ -6,9 +6,10 @@ the disk, and whether each local model has a memory plan some node can hold (IMG
 plans and host RAM on a cluster without GPUs included). The first that would stop the run is the
 dry run's verdict, with the run's exit status. Besides, per model: the estimated time and cost,
 and per kind of node the memory plan, the bundle it would ask Ray for and the nodes that could
-hold it. Nothing is generated, nothing is written, no weights are needed. `--card-memory GB` (and
-`--host-memory GB`) answer for a machine the cluster does not have: "will FLUX fit my 16 GB
-card?" before downloading 34 GB (that machine's weights are not judged).
+hold it. Nothing is generated, nothing is written, no weights are needed. `--card-memory GIB` (and
+`--host-memory GIB`) answer for a machine the cluster does not have: "will FLUX fit my 16 GiB
+card?" before downloading 34 GB (that machine's weights are not judged). Sizes are GiB (2**30
+bytes) throughout, as torch.cuda.mem_get_info reports them.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def parse_memory(value: str | None, flag: str) -> float | None:
     if value is None or not str(value).strip():
         return None
     try:
-        number = float(str(value).strip().lower().removesuffix("gb"))
+        number = float(str(value).strip().lower().removesuffix("gib").removesuffix("gb"))
     except ValueError:
         number = -1.0
     if not 0 < number <= 4096:
-        raise ImageGenError("IMG_028", f"{flag} {value!r} must be a size in GB, e.g. 24.")
+        raise ImageGenError("IMG_028", f"{flag} {value!r} must be a size in GiB, e.g. 24.")
     return number
 
 
@@ -77,7 +78,7 @@ def hypothetical_nodes(what: Hypothetical, machine: list[NodeCapacity]) -> list[
     host = what.host_gb * GIB if what.host_gb is not None else (machine[0].memory_bytes if machine else 0.0)
     card = what.card_gb or 0.0
     cpus = machine[0].cpus if machine else 1.0
-    return [NodeCapacity("hypothetical", f"a {card:g} GB card", cpus, 1.0 if card else 0.0, card, host)]
+    return [NodeCapacity("hypothetical", f"a {card:g} GiB card", cpus, 1.0 if card else 0.0, card, host)]
 
 
 def node_kinds(nodes: list[NodeCapacity]) -> list[list[NodeCapacity]]:
@@ -185,14 +186,14 @@ def describe_plan(request: GenerationRequest, plan, registry: Registry, limits: 
 
 def describe_nodes(nodes: list[NodeCapacity]) -> str:
     """The nodes with what plans depend on: cards and host RAM."""
-    return "; ".join(f"{describe([n])}, {n.host_gb:.0f} GB host RAM free" for n in nodes) or describe(nodes)
+    return "; ".join(f"{describe([n])}, {n.host_gb:.0f} GiB host RAM free" for n in nodes) or describe(nodes)
 
 
 def _plan_on(spec, kind: list[NodeCapacity], width: int, height: int, request: GenerationRequest,
              limits: Limits) -> dict:
     first = kind[0]
-    label = f"{first.card_gb:g} GB card, {first.host_gb:.0f} GB host RAM" if first.card_gb else \
-        f"no GPU, {first.host_gb:.0f} GB host RAM"
+    label = f"{first.card_gb:g} GiB card, {first.host_gb:.0f} GiB host RAM" if first.card_gb else \
+        f"no GPU, {first.host_gb:.0f} GiB host RAM"
     out: dict = {"node_kind": label, "nodes": [], "plan": None}
     try:
         fit = fit_on(spec, kind, width, height, request.memory_plan, limits.perf.memory_limit_per_image)
@@ -217,8 +218,8 @@ def render(result: dict) -> str:
             if plan is None:
                 lines.append(f"  on {kind['node_kind']}: does not fit: {kind.get('code')} {kind.get('message')}")
             else:
-                lines.append(f"  on {kind['node_kind']}: {plan['label']} ({plan['footprint_gb']:g} GB on the card, "
-                             f"{plan['host_gb']:g} GB host, batch {plan['batch']}): {plan['reason']}; "
+                lines.append(f"  on {kind['node_kind']}: {plan['label']} ({plan['footprint_gb']:g} GiB on the card, "
+                             f"{plan['host_gb']:g} GiB host, batch {plan['batch']}): {plan['reason']}; "
                              f"places on {', '.join(kind['nodes']) or 'no node'}")
     budget = f" (budget {usd(result['budget_usd'])}: {'within' if result['within_budget'] else 'OVER'})" \
         if result["budget_usd"] is not None else ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cluster.errors import ImageGenError
 from cluster.memory.planner import HOST_MARGIN_GB, MemoryPlan, weights_gb
 from cluster.memory.replica_plan import plan_replica, sizes_for
-from cluster.placement import NodeCapacity, check_placeable, describe, replica_bundle, uses_gpus
+from cluster.placement import NodeCapacity, check_placeable, describe, host_bytes, replica_bundle, uses_gpus
 from models.registry import ModelSpec
 
 # What the CPU holds a pipeline in (the generator's dtype without CUDA).
@@ -51,8 +51,8 @@ def replica_fit(spec: ModelSpec, nodes: list[NodeCapacity], plan: MemoryPlan, me
     """The bundle one replica holding `plan` asks Ray for, and the nodes that could ever hold it
     (IMG_010 naming need and supply when none can)."""
     batch = plan.batch if spec.is_local else spec.max_batch_size
-    memory = memory_per_image * batch if spec.is_local else 0
-    bundle = replica_bundle(spec, nodes, memory, batch, gpu_gb=plan.gpu_gb or None)
+    bundle = replica_bundle(spec, nodes, host_bytes(spec, plan, batch, memory_per_image), batch,
+                            gpu_gb=plan.gpu_gb or None)
     return Fit(plan, bundle, check_placeable(spec, bundle, nodes))
 
 
@@ -89,8 +89,8 @@ def _check_cpu(spec: ModelSpec, plan: MemoryPlan, nodes: list[NodeCapacity]) -> 
         return
     need = sum(weights_gb(c, CPU_DTYPE_BYTES, plan.fp8) for c in sizes.components) + HOST_MARGIN_GB
     if need > max(hosts):
-        raise ImageGenError("IMG_010", f"model {spec.id!r} needs about {need:.0f} GB of host RAM on the CPU "
+        raise ImageGenError("IMG_010", f"model {spec.id!r} needs about {need:.0f} GiB of host RAM on the CPU "
                                        f"(its weights in float32; this cluster has no GPU), and the largest node has "
-                                       f"{max(hosts):.0f} GB ({describe(nodes)}); run it on a GPU node "
-                                       "(`--dry-run --card-memory GB` shows its plan for a card), or pick a smaller "
+                                       f"{max(hosts):.0f} GiB ({describe(nodes)}); run it on a GPU node "
+                                       "(`--dry-run --card-memory GIB` shows its plan for a card), or pick a smaller "
                                        "or remote model.")

@@ -84,7 +84,7 @@ def describe(nodes: list[NodeCapacity]) -> str:
         return "no live nodes"
     parts = []
     for n in nodes:
-        gpu = f"{n.gpus:g} GPU" + (f" x {n.card_gb:g} GB" if n.card_gb else "") if n.gpus else "no GPU"
+        gpu = f"{n.gpus:g} GPU" + (f" x {n.card_gb:g} GiB" if n.card_gb else "") if n.gpus else "no GPU"
         parts.append(f"{n.address or n.node_id[:8]}: {n.cpus:g} CPU, {gpu}")
     return "; ".join(parts)
 
@@ -106,10 +106,12 @@ def reserve_gb(spec: ModelSpec, batch: int = 1) -> float:
 def gpu_share(declared_gpus: float, memory_gb: float, card_gb: float | None) -> float:
     """The `GPU` a replica asks Ray for.
 
-    Up to one card, memory decides: a model declared `gpus: 1` that asked Ray for a whole GPU could
-    never share a card with the CLIP scorer, even when both fit in its memory. Ray counts a card's
-    fractions, `gpu_memory_gb` counts its memory; rounding down keeps two replicas whose memory fits
-    one card from missing it by a rounding error. Above one card, whole cards.
+    Up to one card, memory decides, never below a fraction the model declares: a model declared
+    `gpus: 1` that asked Ray for a whole GPU could never share a card with the CLIP scorer, even
+    when both fit in its memory, so `gpus: 1` means "one card at most"; `gpus: 0.5` means at least
+    half a card's compute, whatever its memory. Ray counts a card's fractions, `gpu_memory_gb`
+    counts its memory; rounding down keeps two replicas whose memory fits one card from missing it
+    by a rounding error. Above one card, whole cards.
     """
     if declared_gpus <= 0:
         return 0.0
@@ -118,7 +120,17 @@ def gpu_share(declared_gpus: float, memory_gb: float, card_gb: float | None) -> 
     if not card_gb or memory_gb <= 0:
         return round(declared_gpus, 4)
     share = math.floor(min(1.0, memory_gb / card_gb) * 10**4) / 10**4
-    return max(share, 1e-4)
+    floor = declared_gpus if declared_gpus < 1 else 0.0
+    return max(share, round(floor, 4), 1e-4)
+
+
+def host_bytes(spec: ModelSpec, plan, batch: int, memory_per_image: int) -> int:
+    """Host memory one replica reserves: what its memory plan holds in host RAM at its peak
+    (offloaded weights, pinned copies, loading), plus memory_limit_per_image for each image of
+    its batch (decoded images, PNG buffers)."""
+    if not spec.is_local:
+        return 0
+    return int(plan.host_gb * 2**30) + memory_per_image * batch
 
 
 def replica_bundle(spec: ModelSpec, nodes: list[NodeCapacity], memory_bytes: int = 0, batch: int = 1,
@@ -202,7 +214,7 @@ def check_placeable(spec: ModelSpec, bundle: dict[str, float], nodes: list[NodeC
 def fmt_bundle(bundle: dict[str, float]) -> str:
     parts = [f"{k}={v:g}" for k, v in bundle.items() if k != "memory"]
     if bundle.get("memory"):
-        parts.append(f"host memory={bundle['memory'] / 10**9:.2f} GB")
+        parts.append(f"host memory={bundle['memory'] / 2**30:.2f} GiB")
     return ", ".join(parts)
 
 
@@ -210,27 +222,60 @@ def replica_count(
     spec: ModelSpec, images: int, batch_size: int, max_parallel: int, bundle: dict[str, float],
     nodes: list[NodeCapacity], free: dict[str, float] | None = None,
 ) -> int:
-    """How many replicas of a model: enough for its calls, within --max-parallel and the GPUs
-    that are free now (`free`: the cluster's available resources; others' replicas hold the rest).
+    return replica_capacity(spec, images, batch_size, max_parallel, bundle, nodes, free)[0]
+
+
+# a bundle's resources as people call them, for the message that names what ran out
+_RESOURCE_NAMES = {"GPU": "GPUs", GPU_MEMORY_RESOURCE: "GPU memory", "CPU": "CPUs", "memory": "host memory"}
+
+
+def replica_capacity(
+    spec: ModelSpec, images: int, batch_size: int, max_parallel: int, bundle: dict[str, float],
+    nodes: list[NodeCapacity], free: dict[str, float] | None = None,
+) -> tuple[int, str]:
+    """How many replicas of a model, and what held the number down ("" when nothing did): enough
+    for its calls, within --max-parallel and the resources the nodes have and have free now
+    (`free`: the cluster's available resources; others' replicas hold the rest).
 
     Remote models get one actor (it takes `concurrent_limit` calls at once). CPU-only clusters get
     one replica per model: more would only fight over the same cores.
     """
     calls = math.ceil(images / max(1, batch_size))
     if not spec.is_local or calls <= 1:
-        return 1
+        return 1, ""
     if not uses_gpus(nodes):
-        return 1
-    capacity = 0
-    for node in nodes:
-        if not node_fits(bundle, node, spec):
-            continue
-        per_gpu = node.gpus / bundle["GPU"] if bundle.get("GPU") else math.inf
-        per_mem = (node.gpu_memory_gb / bundle[GPU_MEMORY_RESOURCE]) if bundle.get(GPU_MEMORY_RESOURCE) else math.inf
-        capacity += int(min(per_gpu, per_mem, node.cpus / bundle["CPU"]))
+        return 1, ""
+    wanted = min(calls, max_parallel, spec.rate_limit.concurrent_limit or calls)
+    held: dict[str, int] = {}  # resource -> replicas it alone allows
+    supply = {"GPU": lambda n: n.gpus, GPU_MEMORY_RESOURCE: lambda n: n.gpu_memory_gb, "CPU": lambda n: n.cpus,
+              "memory": lambda n: n.memory_bytes}
+    fitting = [n for n in nodes if node_fits(bundle, n, spec)]
+    for key, of in supply.items():
+        if bundle.get(key):
+            held[key] = sum(int(of(n) / bundle[key] + 1e-9) for n in fitting)
     if free is not None:
-        for key in ("GPU", GPU_MEMORY_RESOURCE):
-            if bundle.get(key):
-                capacity = min(capacity, int(free.get(key, 0.0) / bundle[key] + 1e-9))
-    limit = spec.rate_limit.concurrent_limit or calls
-    return max(1, min(calls, max_parallel, capacity, limit))
+        for key in held:
+            if key in free:
+                held[key] = min(held[key], int(free[key] / bundle[key] + 1e-9))
+    per_node = sum(int(min([of(n) / bundle[k] + 1e-9 for k, of in supply.items() if bundle.get(k)] or [math.inf]))
+                   for n in fitting)
+    capacity = min([per_node, *held.values()])
+    count = max(1, min(wanted, capacity))
+    if count >= wanted:
+        return count, ""
+    scarce = min(held, key=lambda k: held[k]) if held and min(held.values()) <= per_node else None
+    what = _RESOURCE_NAMES.get(scarce, scarce) if scarce else "room on any one node"
+    now = " free now" if free is not None and scarce in free else ""
+    return count, (f"{count} of the {wanted} replicas wanted: {what}{now} ran out first (each replica holds "
+                   f"{fmt_bundle(bundle)})")
+
+
+def missing_resources(bundle: dict[str, float], free_by_node: dict[str, dict[str, float]] | None = None) -> str:
+    """Which of `bundle`'s resources the nodes lack free now, as people call them: those every node
+    lacks, else those some node lacks."""
+    free_by_node = free_by_node if free_by_node is not None else (available_by_node() or {})
+    lacking = [{k for k, v in bundle.items() if free.get(k, 0.0) + 1e-9 < v} for free in free_by_node.values()]
+    if not lacking or not all(lacking):
+        return "nothing (the room came free too late)"
+    common = set.intersection(*lacking) or set.union(*lacking)
+    return " and ".join(sorted(_RESOURCE_NAMES.get(k, k) for k in common))

@@ -54,7 +54,15 @@ class Card:
 
 def detect_local_gpus() -> LocalGpus:
     """The cards of this machine via nvidia-smi (the driver stays free of torch/CUDA), as far as
-    CUDA_VISIBLE_DEVICES lets this process see them."""
+    CUDA_VISIBLE_DEVICES lets this process see them, both read in PCI bus order."""
+    order_note = env.pci_device_order()
+    found = _detect_local_gpus()
+    if order_note and found.count:
+        return LocalGpus(found.count, found.memory_gb, "; ".join(n for n in (found.note, order_note) if n))
+    return found
+
+
+def _detect_local_gpus() -> LocalGpus:
     visible = env.cuda_visible_devices()
     if visible is not None and not visible.strip():
         return LocalGpus(0, 0.0, "CUDA_VISIBLE_DEVICES is set and empty: no GPU is used")

@@ -19,6 +19,7 @@ from cluster.events import Events
 from cluster.limits import Limits
 from cluster.feasibility import batch_cap, checked_plan, replica_fit
 from cluster.memory.planner import MemoryPlan
+from cluster.replica_choice import Timing, choose_replicas
 from cluster.placement import (
     GPU_MEMORY_RESOURCE,
     fmt_bundle,
@@ -27,7 +28,7 @@ from cluster.placement import (
     cluster_nodes,
     describe,
     replica_bundle,
-    replica_count,
+    replica_capacity,
 )
 from cluster.work import ReplicaInfo
 from models.registry import ModelSpec
@@ -39,6 +40,16 @@ LOCAL_QUEUE_SLOTS = 8
 
 def _credentials(spec: ModelSpec):
     return env.google_credentials() if spec.backend == "imagen" else None
+
+
+def history_seconds_per_image(spec: ModelSpec) -> float | None:
+    """The model's measured seconds per image in recent runs with its kind of weights, when known."""
+    from cluster.history import History, safely
+
+    rows = safely(History().summary)() or {}
+    known = [row["seconds_per_image"] for row in rows.values()
+             if row["model"] == spec.id and row["weights"] == spec.weights and row["seconds_per_image"]]
+    return known[0] if known else None
 
 
 @dataclass
@@ -164,7 +175,7 @@ class ReplicaPool:
             self.groups[spec.id] = group
             self.events.emit("model_unplaceable", model=spec.id, code=exc.code, message=exc.message)
             return group
-        count = replica_count(spec, images, batch, self.max_parallel, bundle, self.nodes, self._free_for(spec))
+        count = self._replica_count(spec, images, batch, bundle)
         if spec.is_local:
             self.events.emit("memory_plan", model=spec.id, plan=plan.label, footprint_gb=plan.gpu_gb,
                              batch=batch, reason=plan.reason)
@@ -174,6 +185,29 @@ class ReplicaPool:
             group = self._place(spec, bundle, count, batch, plan)
         self.groups[spec.id] = group
         return group
+
+    def _replica_count(self, spec: ModelSpec, images: int, batch: int, bundle: dict[str, float]) -> int:
+        """Replicas for `images`: remote models as their calls need; a run's own local replicas by
+        makespan (cluster.replica_choice) within what can be placed, saying which and why in the
+        events; fewer than wanted names the resource that ran out."""
+        if not spec.is_local or self.resident:
+            # a warm cluster's replicas are shared by later runs: their number is the cluster's
+            # (cluster up --replicas), made as the calls at the plan's batch need
+            count, short = replica_capacity(spec, images, batch, self.max_parallel, bundle, self.nodes,
+                                            self._free_for(spec))
+            if short and spec.is_local:
+                self.events.emit("replicas_limited", model=spec.id, replicas=count, reason=short)
+            return count
+        # up to one replica per image: the choice decides between spreading and batching
+        capacity, short = replica_capacity(spec, images, 1, self.max_parallel, bundle, self.nodes,
+                                           self._free_for(spec))
+        timing = Timing(per_image_s=history_seconds_per_image(spec))
+        choice = choose_replicas(images, batch, capacity, warm=0, timing=timing)
+        if short and capacity < choose_replicas(images, batch, images, warm=0, timing=timing).replicas:
+            self.events.emit("replicas_limited", model=spec.id, replicas=capacity, reason=short)
+        self.events.emit("replica_choice", model=spec.id, replicas=choice.replicas, batch=choice.batch,
+                         makespan_s=choice.makespan_s, reason=choice.reason)
+        return choice.replicas
 
     def _place(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int, plan: MemoryPlan
                ) -> ModelGroup:
@@ -261,6 +295,9 @@ class ReplicaPool:
         for name, actor in actors.items():
             replicas.append(Replica(name=f"{spec.id}-{name.rsplit('/', 1)[-1]}", model=spec.id, actor=actor,
                                     concurrency=concurrency, load_ref=self._load(actor), resident=True))
+        if answer.get("error") and len(replicas) < count:  # the registry placed fewer than asked: say what ran out
+            self.events.emit("replicas_limited", model=spec.id, replicas=len(replicas),
+                             reason=f"{len(replicas)} of the {count} replicas asked for: {answer['error']}")
         self.events.emit("model_loading", model=spec.id, replicas=len(replicas), batch_size=batch,
                          resident=True, created=len(answer["created"]))
         return ModelGroup(spec, replicas, batch)
@@ -368,6 +405,7 @@ class ReplicaPool:
     def release(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
+        removing = []
         for group in self.groups.values():
             for replica in group.replicas:
                 if not replica.resident:
@@ -375,9 +413,11 @@ class ReplicaPool:
             if group.placement_group is not None:
                 try:
                     remove_placement_group(group.placement_group)
+                    removing.append(group.placement_group)
                 except Exception:  # noqa: BLE001 - the cluster may be going away too
                     pass
         self.groups.clear()
+        wait_removed(removing)
 
     def _kill(self, replica: Replica, restart: bool = False) -> None:
         import ray
@@ -388,3 +428,21 @@ class ReplicaPool:
             pass
 
 
+
+
+def wait_removed(groups: list, timeout_s: float = 5.0) -> None:
+    """Until the resources of removed placement `groups` are back (Ray removes them
+    asynchronously): a next run on this cluster would otherwise find their cards still held and
+    place fewer replicas."""
+    import ray
+
+    ids = [group.id.hex() for group in groups]
+    deadline = time.monotonic() + timeout_s
+    while ids and time.monotonic() < deadline:
+        try:
+            held = " ".join(ray.available_resources())
+        except Exception:  # noqa: BLE001 - the cluster may be going away too
+            return
+        if not any(pg_id in held for pg_id in ids):
+            return
+        time.sleep(0.05)

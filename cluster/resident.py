@@ -128,6 +128,7 @@ class ResidentRegistry:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from actors.model_actor import ModelActor
+        from cluster.placement import fmt_bundle, missing_resources
 
         self.sweep()
         prefix = model_prefix(spec)
@@ -146,7 +147,8 @@ class ResidentRegistry:
             group = placement_group([dict(bundle)], strategy="PACK", name=name, lifetime="detached")
             if not group.wait(timeout_seconds=placement_timeout):
                 remove_placement_group(group)
-                error = f"no room for another replica of {spec.id} within {placement_timeout:g}s"
+                error = (f"no room for another replica of {spec.id} within {placement_timeout:g}s: each holds "
+                         f"{fmt_bundle(bundle)}, and {missing_resources(bundle)} ran out")
                 break
             ModelActor.options(
                 name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,

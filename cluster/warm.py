@@ -94,6 +94,7 @@ class UpReport:
     models: dict[str, dict] = field(default_factory=dict)
     scorer: dict | None = None
     errors: dict[str, str] = field(default_factory=dict)
+    short: dict[str, str] = field(default_factory=dict)  # model -> why fewer replicas than asked
 
 
 def bring_up(registry: Registry, model_ids: list[str], scoring: ScoringConfig, scorer_id: str | None,
@@ -129,8 +130,12 @@ def bring_up(registry: Registry, model_ids: list[str], scoring: ScoringConfig, s
         ready, _ = ray.wait(list(pool.loading_refs()), num_returns=1, timeout=5)
         for ref in ready:
             pool.on_loaded(pool.loading_refs()[ref])
+    for event in events.of("replicas_limited"):
+        report.short[event["model"]] = event["reason"]
     for model_id, group in pool.groups.items():
         loaded = [r.info for r in group.replicas if r.loaded and r.info]
+        if loaded and len(loaded) < replicas and model_id not in report.short:
+            report.short[model_id] = f"{len(loaded)} of the {replicas} replicas asked for loaded"
         if loaded:
             report.models[model_id] = {"replicas": len(loaded), "load_seconds": max(i.load_seconds for i in loaded),
                                        "device": loaded[0].device}

@@ -61,6 +61,24 @@ def test_detection_through_nvidia_smi_says_why_no_gpu_is_used(tmp_path, monkeypa
     assert "empty" in detect_local_gpus().note
 
 
+def test_cards_are_numbered_in_pci_order_as_nvidia_smi_numbers_them(tmp_path, monkeypatch):
+    """nvidia-smi lists cards in PCI bus order; CUDA (and so CUDA_VISIBLE_DEVICES) numbers the
+    fastest first unless told otherwise: the project's processes, and the Ray it starts, are told."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    rows = "\\n".join(f"{c.index}, {c.uuid}, {int(c.memory_gb * 1024)}" for c in CARDS)
+    fake.write_text(f"#!/bin/sh\nprintf '{rows}\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    found = detect_local_gpus()
+    assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and found.count == len(CARDS) and not found.note
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")  # the user's own: kept, and said
+    found = detect_local_gpus()
+    assert os.environ["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST" and "nvidia-smi" in found.note
+
+
 # --- a cluster running on this machine -------------------------------------------------------
 
 def ray_env(temp: str) -> dict:

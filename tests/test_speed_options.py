@@ -28,7 +28,7 @@ def task(index: int = 0):
 def test_auto_applies_what_the_cpu_can_and_says_why_it_skipped_the_rest(tiny_models, registry):
     speed = generator(registry).speed.as_dict()
     assert speed["applied"] == {}
-    assert "CUDA only" in speed["skipped"]["compile"]
+    assert "auto compiles on CUDA only (set compile: on" in speed["skipped"]["compile"]
     assert "auto quantizes on CUDA cards only" in speed["skipped"]["quantize"]  # torchao is a test extra
     assert set(speed["skipped"]) == {"compile", "quantize", "attention_backend", "cache"}
 
@@ -97,7 +97,6 @@ def test_quantize_without_torchao_is_refused_when_asked_and_skipped_under_auto(t
 
 
 @pytest.mark.parametrize("options, says", [
-    ({"compile": "on"}, "CUDA only"),
     ({"quantize": "fp8"}, "fp8 needs a CUDA card"),
     ({"attention_backend": "flash"}, "needs a CUDA device"),
     ({"attention_backend": "warp-drive"}, "is not one of diffusers'"),

@@ -2,8 +2,9 @@
 
 Each file gives a pipeline's components as their libraries build them (class, config), which of
 their module lists are the repeated blocks, the working memory the planner assumes, and `sizes`:
-the parameter counts that building those configs gives. The planner reads `sizes` without torch;
-`count_on_meta` rebuilds the components on the meta device (no memory) to check them.
+the parameter counts that building those configs gives, and how an fp8 plan and group offload hold
+them. The planner reads `sizes` without torch; `actors.meta_count` rebuilds the components on the
+meta device (no memory), holds them as the plans do, and counts, to check them.
 """
 
 from __future__ import annotations
@@ -38,13 +39,22 @@ class Activations(BaseModel):
     vae_decode_gb_per_image: float = Field(ge=0)
     text_encoder_gb: float = Field(0.3, ge=0)
     vae_tile_pixels: int = Field(512 * 512, gt=0)
+    # what one cached prompt embedding holds (FLUX: T5's 512 tokens x 4096, CLIP's pooled 768)
+    prompt_tokens: int = Field(512, ge=0)
+    prompt_width: int = Field(4096, ge=0)
+    pooled_width: int = Field(768, ge=0)
 
 
 class ComponentSize(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     params: int = Field(ge=0)
-    largest_block: int = Field(0, ge=0)
+    largest_block: int = Field(0, ge=0, description="Parameters of its largest repeated block.")
+    outside_blocks: int = Field(0, ge=0, description="Parameters in none of its repeated blocks (embeddings, "
+                                                     "final norms): what group offload keeps onloaded beside blocks.")
+    fp8_kept: int | None = Field(None, ge=0, description="Parameters an fp8 plan keeps in the compute dtype "
+                                                         "(diffusers' skip patterns, the model's full-precision "
+                                                         "layers); None: not counted, planned as all kept.")
 
 
 class Architecture(BaseModel):
@@ -71,28 +81,3 @@ def load_architecture(name: str) -> Architecture:
         raise ImageGenError("IMG_018", f"no architecture {name!r} (looked for {str(path)!r}).") from None
     except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
         raise ImageGenError("IMG_018", f"architecture {name!r}: {' '.join(str(exc).split())[:300]}") from None
-
-
-def count_on_meta(arch: Architecture) -> dict[str, ComponentSize]:
-    """Each component built from its config on the meta device: parameter counts, no memory."""
-    import importlib
-
-    import torch
-
-    sizes = {}
-    for name, component in arch.components.items():
-        module = importlib.import_module(component.library)
-        cls = getattr(module, component.class_name)
-        with torch.device("meta"):
-            if component.library == "transformers":
-                model = cls(cls.config_class(**component.config))
-            else:
-                model = cls(**component.config)
-        largest = 0
-        for path in component.blocks:
-            blocks = model
-            for part in path.split("."):
-                blocks = getattr(blocks, part)
-            largest = max([largest, *(sum(p.numel() for p in b.parameters()) for b in blocks)])
-        sizes[name] = ComponentSize(params=sum(p.numel() for p in model.parameters()), largest_block=largest)
-    return sizes

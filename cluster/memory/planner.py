@@ -15,7 +15,14 @@ in tiles) when the decode would not fit otherwise.
 
 A generation has three phases that never overlap (encode the prompt, denoise, decode), so a
 plan's footprint is its resident weights plus the costliest phase: that phase's working memory
-and whatever weights the plan brings onto the card for it.
+and whatever weights the plan brings onto the card for it; plus the replica's cache of prompt
+embeddings, which stays on the card.
+
+One unit throughout: GiB (2**30 bytes), what `torch.cuda.mem_get_info` reports divided by 2**30;
+card and host sizes are given in it too. Weights are counted, never assumed as a share: an fp8
+plan keeps each component's `fp8_kept` parameters (counted on the meta device, see
+actors.meta_count) in the compute dtype, and group offload holds two blocks and the parameters
+outside the blocks.
 """
 
 from __future__ import annotations
@@ -31,13 +38,10 @@ CUDA_ONLY = ("model-offload", "group-offload", "sequential-offload")
 # CUDA's context, cuBLAS workspaces and the caching allocator's slack: memory the card reports in
 # use that no tensor accounts for.
 CUDA_OVERHEAD_GB = 0.75
-# Layerwise casting keeps norms, embeddings and patch projections in the compute dtype.
-FP8_KEPT_SHARE = 0.03
 # Only components this large are worth casting (the text encoder CLIP-L, 123M parameters, is not).
 FP8_MIN_PARAMS = 200_000_000
-# Group offload: besides two blocks (the one computing, the next one arriving), the parts of a
-# component outside its blocks (embeddings, final norms) stay onloaded.
-GROUP_UNBLOCKED_SHARE = 0.05
+# Distinct prompts whose embeddings a replica keeps on its card (actors.diffusers_generator).
+PROMPT_CACHE_ENTRIES = 64
 # Sequential offload holds about one layer at a time: a fraction of a block.
 SEQUENTIAL_LAYER_SHARE = 0.15
 # The process itself (torch, diffusers, the Ray worker) beside what a plan keeps in host RAM.
@@ -53,8 +57,8 @@ class MemoryPlan:
     name: str  # a PLAN_NAMES entry, "declared" (the model's own gpu_memory_gb) or "cpu"
     fp8: bool = False
     vae: str = "none"  # "none" | "slicing" | "tiling"
-    gpu_gb: float = 0.0  # the footprint on the card: what the placement bundle reserves
-    host_gb: float = 0.0  # host RAM the plan holds (offloaded weights, loading)
+    gpu_gb: float = 0.0  # the footprint on the card, GiB: what the placement bundle reserves
+    host_gb: float = 0.0  # host RAM the plan holds at its peak (offloaded weights, pinning, loading), GiB
     batch: int = 1
     reason: str = ""
 
@@ -91,7 +95,7 @@ class PlanChoice:
 
     def table(self) -> str:
         """Every plan tried, with its footprint: what an IMG_010 message and --dry-run show."""
-        return "; ".join(f"{c.plan.label} {c.plan.gpu_gb:g} GB GPU + {c.plan.host_gb:g} GB host"
+        return "; ".join(f"{c.plan.label} {c.plan.gpu_gb:g} GiB GPU + {c.plan.host_gb:g} GiB host"
                          + ("" if c.fits else f" ({c.why_not})") for c in self.candidates)
 
 
@@ -109,14 +113,22 @@ class Need:
 
 
 def _gb(value: float) -> float:
-    return math.ceil(value * 10) / 10  # round up to 0.1 GB: never plan a footprint smaller than computed
+    return math.ceil(value * 10) / 10  # round up to 0.1 GiB: never plan a footprint smaller than computed
 
 
 def weights_gb(c: Component, dtype_bytes: int, fp8: bool) -> float:
+    """GiB of `c`'s weights as the plan stores them: in fp8, one byte for each parameter it casts
+    and the compute dtype's for each it keeps (all of them when not counted)."""
     if fp8 and casts_to_fp8(c):
-        per_param = (1 - FP8_KEPT_SHARE) * 1 + FP8_KEPT_SHARE * dtype_bytes
-        return c.params * per_param / GIB
+        kept = c.params if c.fp8_kept is None else c.fp8_kept
+        return ((c.params - kept) + kept * dtype_bytes) / GIB
     return c.params * dtype_bytes / GIB
+
+
+def prompt_cache_gb(sizes: ModelSizes) -> float:
+    """The replica's cached prompt embeddings (T5's tokens and CLIP's pooled vector per prompt)."""
+    act = sizes.activations
+    return PROMPT_CACHE_ENTRIES * (act.prompt_tokens * act.prompt_width + act.pooled_width) * sizes.dtype_bytes / GIB
 
 
 def casts_to_fp8(c: Component) -> bool:
@@ -124,7 +136,7 @@ def casts_to_fp8(c: Component) -> bool:
 
 
 def _phases(sizes: ModelSizes, need: Need, vae: str) -> dict[str, float]:
-    """Working memory of each phase, GB."""
+    """Working memory of each phase, GiB."""
     act = sizes.activations
     scale = need.width * need.height / act.reference_pixels
     decode = {"none": act.vae_decode_gb_per_image * scale * need.batch,
@@ -139,14 +151,15 @@ def _onloaded_gb(c: Component, name: str, dtype_bytes: int, fp8: bool) -> float:
     whole = weights_gb(c, dtype_bytes, fp8)
     if name == "model-offload" or not c.largest_block:
         return whole
-    block = c.largest_block / c.params * whole
-    if name == "group-offload":
-        return min(whole, 2 * block + GROUP_UNBLOCKED_SHARE * whole)
-    return min(whole, SEQUENTIAL_LAYER_SHARE * block + GROUP_UNBLOCKED_SHARE * whole)
+    per_param = whole / c.params  # blocks held at the component's mean precision
+    block, outside = c.largest_block * per_param, c.outside_blocks * per_param
+    if name == "group-offload":  # the block computing, the next one arriving, and the rest
+        return min(whole, 2 * block + outside)
+    return min(whole, SEQUENTIAL_LAYER_SHARE * block + outside)
 
 
 def footprint(sizes: ModelSizes, name: str, fp8: bool, vae: str, need: Need) -> tuple[float, float]:
-    """(GPU GB, host GB) of a plan."""
+    """(GPU GiB, host GiB) of a plan."""
     phases = _phases(sizes, need, vae)
     parts = sizes.components
     b = sizes.dtype_bytes
@@ -162,8 +175,13 @@ def footprint(sizes: ModelSizes, name: str, fp8: bool, vae: str, need: Need) -> 
             onloaded = [_onloaded_gb(c, name, b, fp8) for c in parts if c.role == role]
             peaks.append(working + max(onloaded, default=0.0))
         gpu = max(peaks)
-        host = sum(weights_gb(c, b, fp8) for c in parts)
-    return _gb(gpu + CUDA_OVERHEAD_GB), _gb(host + HOST_MARGIN_GB)
+        stored = [weights_gb(c, b, fp8) for c in parts]
+        host = sum(stored)
+        if name == "group-offload" and need.cuda:
+            # streams copy from pinned memory: each component's pinned copy is made while its
+            # unpinned weights still exist, so the largest one is there twice for a moment
+            host += max(stored, default=0.0)
+    return _gb(gpu + prompt_cache_gb(sizes) + CUDA_OVERHEAD_GB), _gb(host + HOST_MARGIN_GB)
 
 
 def candidates(sizes: ModelSizes, need: Need, only: str | None = None) -> list[MemoryPlan]:
@@ -204,9 +222,9 @@ def why_not(plan: MemoryPlan, need: Need) -> str:
     if plan.offload != "none" and not need.cuda:
         return "needs a CUDA device"
     if plan.gpu_gb > need.card_gb:
-        return f"needs {plan.gpu_gb:g} GB, the card has {need.card_gb:g}"
+        return f"needs {plan.gpu_gb:g} GiB, the card has {need.card_gb:g}"
     if need.host_gb is not None and plan.host_gb > need.host_gb:
-        return f"needs {plan.host_gb:g} GB host RAM, the host has {need.host_gb:g}"
+        return f"needs {plan.host_gb:g} GiB host RAM, the host has {need.host_gb:g}"
     return ""
 
 
@@ -222,9 +240,9 @@ def fitting(sizes: ModelSizes, need: Need) -> list[MemoryPlan]:
 def _reason(plan: MemoryPlan, need: Need, tried: list[Candidate]) -> str:
     better = [c for c in tried[:-1] if c.plan.vae == "none"]
     if not better:
-        return f"fits a {need.card_gb:g} GB card"
+        return f"fits a {need.card_gb:g} GiB card"
     first = better[0]
-    return f"{first.plan.label} does not fit ({first.why_not}); {plan.label} fits a {need.card_gb:g} GB card"
+    return f"{first.plan.label} does not fit ({first.why_not}); {plan.label} fits a {need.card_gb:g} GiB card"
 
 
 def _summary(tried: list[Candidate]) -> tuple[Candidate, ...]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cluster.errors import ImageGenError
 from cluster.memory.architectures import Activations
+from cluster.memory.combinations import refuse_explicit
 from cluster.memory.planner import MemoryPlan, Need, PlanChoice, batch_for, choose, fitting
 from cluster.memory.sizes import ModelSizes, model_sizes
 from cluster.placement import NodeCapacity, free_card_gb, reserve_gb, smallest_card_gb, uses_gpus
@@ -49,7 +50,8 @@ def gpu_need(spec: ModelSpec, nodes: list[NodeCapacity], width: int, height: int
     card = smallest_card_gb(nodes)
     if card is None:
         return None
-    hosts = [n.host_gb for n in nodes if n.card_gb and n.host_gb > 0]
+    # the host RAM a replica's bundle can reserve there: Ray's `memory` resource of the node
+    hosts = [n.memory_bytes / 2**30 for n in nodes if n.card_gb and n.memory_bytes > 0]
     return Need(card_gb=card, host_gb=min(hosts) if hosts else None, batch=batch, width=width, height=height,
                 allow_fp8=spec.allow_fp8)
 
@@ -57,7 +59,17 @@ def gpu_need(spec: ModelSpec, nodes: list[NodeCapacity], width: int, height: int
 def plan_replica(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict[str, dict[str, float]] | None,
                  width: int, height: int, batch_cap: int, run_plan: str | None = None,
                  sizes: ModelSizes | None = None) -> MemoryPlan:
-    """The plan every replica of `spec` uses in this run, or IMG_010 naming every plan's footprint."""
+    """The plan every replica of `spec` uses in this run, or IMG_010 naming every plan's footprint;
+    IMG_018 when a speed option set explicitly cannot run under it (before anything loads)."""
+    plan = _plan_replica(spec, nodes, free_by_node, width, height, batch_cap, run_plan, sizes)
+    if spec.is_local:
+        refuse_explicit(spec.id, spec.speedups, plan, cuda=uses_gpus(nodes))
+    return plan
+
+
+def _plan_replica(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict[str, dict[str, float]] | None,
+                  width: int, height: int, batch_cap: int, run_plan: str | None, sizes: ModelSizes | None
+                  ) -> MemoryPlan:
     forced = forced_plan(spec, run_plan)
     if not spec.is_local:
         return MemoryPlan("remote")
@@ -85,14 +97,14 @@ def plan_replica(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict[
 
 def unplaceable_message(spec: ModelSpec, need: Need, choice: PlanChoice, forced: str | None,
                         sizes: ModelSizes) -> str:
-    host = "unknown host RAM" if need.host_gb is None else f"{need.host_gb:.0f} GB host RAM"
-    where = f"a {need.card_gb:g} GB card with {host} at {need.width}x{need.height}"
+    host = "unknown host RAM" if need.host_gb is None else f"{need.host_gb:.0f} GiB host RAM"
+    where = f"a {need.card_gb:g} GiB card with {host} at {need.width}x{need.height}"
     if forced:
-        others = "; ".join(f"{p.label} ({p.gpu_gb:g} GB)" for p in fitting(sizes, need)) or "none"
+        others = "; ".join(f"{p.label} ({p.gpu_gb:g} GiB)" for p in fitting(sizes, need)) or "none"
         return (f"model {spec.id!r}: memory plan {forced!r} does not fit {where} ({choice.table()}). "
                 f"Plans that fit: {others}; name one with --memory-plan, or let it choose (--memory-plan auto).")
     hint = "add a node with a larger card or more host RAM, or pick a remote model"
     if not need.allow_fp8:
         hint += "; fp8 plans are off for it (allow_fp8: false)"
     return (f"model {spec.id!r}: no memory plan fits {where} ({choice.table()}); {hint}. "
-            "`multi-image generate --dry-run --card-memory GB` shows every plan for any card.")
+            "`multi-image generate --dry-run --card-memory GIB` shows every plan for any card.")

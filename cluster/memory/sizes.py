@@ -12,7 +12,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cluster.memory.architectures import Activations, load_architecture
@@ -32,6 +32,8 @@ class Component:
     role: str
     params: int
     largest_block: int = 0
+    outside_blocks: int = 0  # parameters in none of its numbered blocks
+    fp8_kept: int | None = None  # parameters an fp8 plan keeps in the compute dtype; None: not counted
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,9 @@ def read_header(path: Path) -> dict:
         return json.loads(handle.read(length))
 
 
-def safetensors_sizes(folder: Path) -> tuple[int, int] | None:
-    """(parameters, parameters of the largest numbered block) of the safetensors files in
-    `folder`; None when it holds none."""
+def safetensors_sizes(folder: Path) -> tuple[int, int, int] | None:
+    """(parameters, of the largest numbered block, outside every numbered block) of the safetensors
+    files in `folder`; None when it holds none."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
@@ -78,7 +80,7 @@ def safetensors_sizes(folder: Path) -> tuple[int, int] | None:
             match = _BLOCK.match(name)
             if match:
                 blocks[match.group(1)] = blocks.get(match.group(1), 0) + count
-    return total, max(blocks.values(), default=0)
+    return total, max(blocks.values(), default=0), total - sum(blocks.values())
 
 
 def weights_sizes(folder: Path) -> list[Component] | None:
@@ -102,13 +104,13 @@ def weights_sizes(folder: Path) -> list[Component] | None:
             return None
         if found is None:
             return None
-        components.append(Component(name, role, found[0], found[1]))
+        components.append(Component(name, role, *found))
     return components or None
 
 
 def architecture_sizes(name: str) -> ModelSizes:
     arch = load_architecture(name)
-    components = tuple(Component(n, arch.components[n].role, s.params, s.largest_block)
+    components = tuple(Component(n, arch.components[n].role, s.params, s.largest_block, s.outside_blocks, s.fp8_kept)
                        for n, s in arch.sizes.items())
     return ModelSizes(components, arch.activations, f"architecture: {name}", arch.dtype_bytes)
 
@@ -122,6 +124,18 @@ def model_sizes(architecture: str | None, weights_folder: Path | None, fallback:
         found = weights_sizes(weights_folder)
         activations = arch.activations if arch else fallback
         if found and activations is not None:
+            if arch:
+                found = [with_counted_fp8(c, arch) for c in found]
             return ModelSizes(tuple(found), activations, f"weights: {weights_folder}",
                               arch.dtype_bytes if arch else 2)
     return arch
+
+
+def with_counted_fp8(c: Component, arch: ModelSizes) -> Component:
+    """`c` (sized from its weights) with the parameters an fp8 plan keeps, as counted for the same
+    component of its architecture (in proportion, when the weights hold a few more or fewer); a
+    component the architecture does not have stays uncounted (planned as kept whole)."""
+    counted = next((a for a in arch.components if a.name == c.name and a.fp8_kept is not None and a.params), None)
+    if counted is None:
+        return c
+    return replace(c, fp8_kept=min(c.params, math.ceil(counted.fp8_kept * c.params / counted.params)))

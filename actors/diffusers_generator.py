@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from actors.adapters import AdapterManager, plan_blocks_adapters
 from actors.memory_apply import build_planned, load_planned
 from actors.speed import CompiledCalls, apply_speed, preflight
 from models.real_size import ARCH_BUILDERS
@@ -19,6 +20,7 @@ from cluster.errors import ImageGenError
 from cluster.memory.planner import PROMPT_CACHE_ENTRIES, MemoryPlan
 from cluster.png import encode_png
 from cluster.work import GeneratedImage, ImageTask
+from models.adapters import load_adapters, with_trigger_words
 from models.registry import ModelSpec
 
 GIB = 1024**3
@@ -125,7 +127,10 @@ class DiffusersGenerator:
                     "IMG_002", f"model {spec.id!r}: loading {location} failed: {' '.join(str(exc).split())[:400]}"
                 ) from None
         self.pipe.set_progress_bar_config(disable=True)
-        self.speed = apply_speed(self.pipe, spec.speedups, record, spec.id)
+        # adapters are loaded per request; a compiled replica gets its hot-swap slots before compiling
+        self.adapters = AdapterManager(self.pipe, spec.id, load_adapters().settings_for(spec), cache_root, torch,
+                                       blocked=plan_blocks_adapters(self.memory_plan))
+        self.speed = apply_speed(self.pipe, spec.speedups, record, spec.id, before_compile=self.adapters.prepare_compiled)
         parameters = inspect.signature(self.pipe.__call__).parameters
         self._supports_callback = "callback_on_step_end" in parameters
         # pipelines taking pooled embeddings (FLUX) get each prompt encoded once per replica
@@ -194,9 +199,9 @@ class DiffusersGenerator:
         depends only on its own seed (a batch gives the same pixels as single calls)."""
         torch = self._torch
         first = tasks[0]
-        if any((t.width, t.height, t.steps, t.guidance) != (first.width, first.height, first.steps, first.guidance)
-               for t in tasks):
-            raise ValueError("a batch must share size, steps and guidance")
+        if any((t.width, t.height, t.steps, t.guidance, t.adapters_key) !=
+               (first.width, first.height, first.steps, first.guidance, first.adapters_key) for t in tasks):
+            raise ValueError("a batch must share size, steps, guidance and adapters")
         kwargs = dict(self.spec.call_args)
         kwargs.update(
             height=first.height,
@@ -209,15 +214,24 @@ class DiffusersGenerator:
         if first.guidance is not None:
             kwargs["guidance_scale"] = first.guidance
         budget = options.budget_s if options is not None else None
+        words = tuple(w for a in first.adapters if a.scale for w in a.trigger_words)  # at scale 0 an adapter is off
         with self._lock:
+            switch = self.adapters.activate(first.adapters)  # before the clock: its time is recorded apart
             started = time.perf_counter()
-            kwargs.update(self._prompt_kwargs([t.prompt for t in tasks], kwargs.get("max_sequence_length")))
+            kwargs.update(self._prompt_kwargs([with_trigger_words(t.prompt, words) for t in tasks],
+                                              kwargs.get("max_sequence_length"), first.adapters_key))
             if self._supports_callback:
                 kwargs["callback_on_step_end"] = self._step_callback(call_id, started, budget)
             output = self._call_pipeline(kwargs, (len(tasks), first.width, first.height))
             elapsed = time.perf_counter() - started
         self._cancelled.pop(call_id, None)
-        return [self._to_result(task, array, elapsed / len(tasks)) for task, array in zip(tasks, output.images)]
+        results = [self._to_result(task, array, elapsed / len(tasks)) for task, array in zip(tasks, output.images)]
+        if first.adapters or switch.changed:  # each image's share of the adapters' loading, and the switch
+            for result in results:
+                result.extra.update(adapter_load_seconds=round(switch.load_seconds / len(tasks), 6),
+                                    adapter_switch_seconds=round(switch.switch_seconds, 6),
+                                    adapters_loaded=list(switch.loaded))
+        return results
 
     def _call_pipeline(self, kwargs: dict, shape: tuple):
         def call():
@@ -226,7 +240,7 @@ class DiffusersGenerator:
 
         return call() if self._compiled is None else self._compiled.run(shape, call)
 
-    def _prompt_kwargs(self, prompts: list[str], max_sequence_length: int | None) -> dict:
+    def _prompt_kwargs(self, prompts: list[str], max_sequence_length: int | None, adapters_key: tuple = ()) -> dict:
         """The call's prompt arguments: the prompts themselves, or their cached embeddings. An
         offload plan then moves the text encoders onto the card once per new prompt, not per call."""
         if not self._reuses_embeddings:
@@ -234,7 +248,7 @@ class DiffusersGenerator:
         torch = self._torch
         embeds, pooled = [], []
         for prompt in prompts:
-            key = (prompt, max_sequence_length)
+            key = (prompt, max_sequence_length, adapters_key)  # an adapter may adapt the text encoders too
             if key in self._embeddings:
                 self._embeddings.move_to_end(key)
             else:

@@ -75,9 +75,11 @@ def preflight(options: SpeedOptions, plan: MemoryPlan, device: str, torch, model
     return record
 
 
-def apply_speed(pipe, options: SpeedOptions, record: SpeedRecord, model_id: str) -> SpeedRecord:
+def apply_speed(pipe, options: SpeedOptions, record: SpeedRecord, model_id: str, before_compile=None) -> SpeedRecord:
     """Apply to `pipe` (which already holds its memory plan) what `preflight` let through.
-    Compilation comes last; the caller warms it up, counted as load time."""
+    Compilation comes last; the caller warms it up, counted as load time. `before_compile()` runs
+    just before compiling, after quantization (LoRA hot-swap slots: compiled with the blocks, and
+    not themselves quantized)."""
     denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
     skipped = record.skipped
 
@@ -118,6 +120,8 @@ def apply_speed(pipe, options: SpeedOptions, record: SpeedRecord, model_id: str)
             skipped["compile"] = "this denoiser declares no repeated blocks to compile"
         else:
             whole = compiles_whole(options)
+            if before_compile is not None:
+                before_compile()
             denoiser.compile_repeated_blocks(fullgraph=whole)
             record.applied["compile"] = ("regional (the denoiser's repeated blocks), warmed up at load" +
                                          ("" if whole else "; graph breaks at the step cache's hooks"))

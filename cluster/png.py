@@ -26,10 +26,14 @@ def task_metadata(task: ImageTask, model_source: str | None = None) -> dict[str,
     }
     if model_source:
         params["model_source"] = model_source
+    if task.adapters:  # LoRA adapters with their weights' hashes: `--adapters` of this value makes it again
+        params["adapters"] = [a.record() for a in task.adapters]
     if task.language:  # a prompt not in English: what the user wrote and what the model received
         params.update(original_prompt=task.original_prompt or task.prompt, language=task.language,
                       translator=task.translator or None)
-    text = {k: "" if v is None else str(v) for k, v in params.items()}
+    text = {k: "" if v is None else str(v) for k, v in params.items() if k != "adapters"}
+    if task.adapters:
+        text["adapters"] = ",".join(f"{a.id}:{a.scale:g}" for a in task.adapters)
     text["size"] = f"{task.width}x{task.height}"
     text[PARAMETERS_KEY] = json.dumps(params, ensure_ascii=False, sort_keys=True)
     return text

@@ -9,6 +9,30 @@ from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
+class AdapterUse:
+    """One LoRA adapter an image is made with, resolved on the driver: its registry entry's source,
+    the sha256 of its weights there (a replica loading other bytes refuses them) and the scale."""
+
+    id: str
+    scale: float
+    sha256: str
+    source: str
+    weight_name: str | None = None
+    revision: str | None = None
+    trigger_words: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, float]:
+        """What decides the pixels: calls differing in it never share a pipeline call."""
+        return self.id, self.sha256, self.scale
+
+    def record(self) -> dict:
+        """What reports, PNG metadata and the history keep: enough to make the image again."""
+        return {"id": self.id, "scale": self.scale, "sha256": self.sha256,
+                **({"trigger_words": list(self.trigger_words)} if self.trigger_words else {})}
+
+
+@dataclass(frozen=True)
 class ImageTask:
     """One image to make. `index` is its 0-based place in the output (file `generated-image-{index+1}.png`)."""
 
@@ -25,6 +49,19 @@ class ImageTask:
     language: str = ""  # the prompt's detected language, when not English
     translator: str = ""  # what translated it
     english_prompt: str = ""  # what prompt analysis and CLIP alignment read, when the prompt is not English
+    adapters: tuple[AdapterUse, ...] = ()  # LoRA adapters applied, in the request's order
+
+    def __post_init__(self):
+        # a journal gives them back as JSON mappings
+        if not isinstance(self.adapters, tuple) or not all(isinstance(a, AdapterUse) for a in self.adapters):
+            uses = tuple(a if isinstance(a, AdapterUse) else
+                         AdapterUse(**{**a, "trigger_words": tuple(a.get("trigger_words") or ())})
+                         for a in self.adapters)
+            object.__setattr__(self, "adapters", uses)
+
+    @property
+    def adapters_key(self) -> tuple:
+        return tuple(a.key for a in self.adapters)
 
     def with_model(self, model: str, steps: int | None, guidance: float | None, width: int, height: int) -> "ImageTask":
         return replace(self, model=model, steps=steps, guidance=guidance, width=width, height=height)

@@ -78,6 +78,8 @@ class ModelSpec(BaseModel):
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="dtype on CUDA; CPU uses float32.")
     call_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of the pipeline call.")
     weights: Literal["real", "random"] = "real"
+    family: str | None = Field(
+        None, description="Base model family LoRA adapters are made for (configs/adapters.yaml); None: it takes none.")
 
     # imagen backend
     api_style: Literal["predict", "generate_content"] | None = None

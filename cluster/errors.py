@@ -43,6 +43,7 @@ ERROR_CODES: dict[str, tuple[str, int]] = {
     "IMG_028": ("Invalid memory plan", 2),
     "IMG_029": ("Over budget", 2),
     "IMG_030": ("Translation unavailable", 2),
+    "IMG_031": ("Adapter not usable", 2),
 }
 
 

@@ -98,7 +98,7 @@ def test_trigger_words_are_added_once():
 # --- on a resident pipeline --------------------------------------------------------------------
 
 def make_generator(registry, **update):
-    from actors.diffusers_generator import DiffusersGenerator
+    from actors.core.diffusers_generator import DiffusersGenerator
     from cluster import env
 
     spec = registry.get("tiny-flux")
@@ -121,7 +121,7 @@ def task(value: str = "", seed: int = 5, index: int = 0, size: int = 64) -> Imag
 
 
 def pixels(result) -> bytes:
-    from cluster.png import decode
+    from cluster.output.png import decode
 
     return decode(result.png).tobytes()
 
@@ -186,7 +186,7 @@ def test_beyond_the_budget_the_least_recently_used_adapter_is_unloaded(tiny_mode
 
 
 def test_a_replica_storing_weights_in_fp8_refuses_adapters(tiny_models, registry):
-    from cluster.memory.planner import MemoryPlan
+    from cluster.planning.memory.planner import MemoryPlan
 
     generator = make_generator(registry, memory_plan=MemoryPlan("fp8-storage", fp8=True))
     with pytest.raises(ImageGenError) as info:
@@ -195,7 +195,7 @@ def test_a_replica_storing_weights_in_fp8_refuses_adapters(tiny_models, registry
 
 
 def test_group_offload_and_int8_quantization_apply_adapters(tiny_models, registry, warm):
-    from cluster.memory.planner import MemoryPlan
+    from cluster.planning.memory.planner import MemoryPlan
 
     reference, _ = warm
     styled = np.frombuffer(pixels(reference.generate([task("tiny-style")])[0]), np.uint8).astype(int)

@@ -1,0 +1,1 @@
+"""Observability: events, the live progress view, metrics and the run history."""

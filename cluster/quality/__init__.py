@@ -1,0 +1,1 @@
+"""Quality scoring math: pure functions over decoded images and CLIP similarities."""

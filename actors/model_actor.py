@@ -124,7 +124,13 @@ class ModelWorker:
     def info(self) -> ReplicaInfo:
         assert self._info is not None, "load() first"
         self._info.peak_gpu_memory_bytes = getattr(self.backend, "peak_gpu_memory_bytes", None)
+        self._info.adapters = self._adapter_stats()
         return self._info
+
+    def _adapter_stats(self) -> dict | None:
+        """The LoRA adapters the replica holds, its loads and switches (actors.core.adapters)."""
+        manager = getattr(self.backend, "adapters", None)
+        return manager.stats() if manager is not None and manager.settings is not None else None
 
     @ray.method(concurrency_group=CONTROL)
     def stats(self) -> dict:
@@ -133,6 +139,7 @@ class ModelWorker:
                 "peak_gpu_memory_bytes": getattr(self.backend, "peak_gpu_memory_bytes", None),
                 "in_flight": self.in_flight, "calls": self.calls, "idle_seconds": round(time.time() - self.last_used, 1),
                 "merged_calls": self._coalescer.merged_calls if self._coalescer is not None else 0,
+                "adapters": self._adapter_stats() if self.backend is not None else None,
                 "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     @ray.method(concurrency_group=CONTROL)

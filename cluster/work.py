@@ -132,3 +132,4 @@ class ReplicaInfo:
     speed: dict | None = None  # speed options applied and skipped, with reasons (actors.core.speed)
     card: str = ""  # the CUDA device's name, "cpu", or "" for a remote model: what its time costs
     gpu_share: float = 0.0  # the fraction of a card Ray gave it (0: none)
+    adapters: dict | None = None  # LoRA adapters it holds, loads and switches (actors.core.adapters)

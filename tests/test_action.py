@@ -436,6 +436,8 @@ def head_of(workspace: Path) -> str:
     pytest.param({"folder-name": "./"}, "IMG_016", "branch", id="folder-dot-slash"),
     pytest.param({"folder-name": "scenes/.."}, "IMG_016", "branch", id="folder-dot-dot"),
     pytest.param({"config": "missing/models.yaml"}, "IMG_018", "branch", id="config"),
+    # the scripted model takes no adapters: the input reaches the CLI, which refuses it before any work
+    pytest.param({"adapters": "tiny-style:0.8"}, "IMG_031", "branch", id="adapters"),
 ])
 def test_invalid_input_fails_with_exit_2_commits_nothing_and_leaves_the_workspace_where_it_was(
         inputs, workspace, origin, tmp_path, bad, code, start):

@@ -266,7 +266,9 @@ class AdapterManager:
         return total
 
     def stats(self) -> dict:
-        return {"loaded": [key[0] for key in self._loaded], "bytes": sum(e.bytes for e in self._loaded.values()),
+        """Read from the actor's control thread while a call may be loading: one copy, taken at once."""
+        loaded = list(self._loaded.items())
+        return {"loaded": [key[0] for key, _ in loaded], "bytes": sum(e.bytes for _, e in loaded),
                 "budget_bytes": self.budget_bytes, "hotswap_slots": len(self._slots), "slot_bytes": self.slot_bytes,
                 "loads": self.loads, "load_seconds": round(self.load_seconds, 6), "switches": self.switches,
                 "last_switch": self.last_switch.as_dict() if self.last_switch else None}

@@ -1,6 +1,6 @@
 """Calls queued at one local replica share its pipeline: while a call runs, the calls that arrive
-and could share a pipeline call with each other (same size, steps, guidance) wait together, and
-the next pipeline call takes as many of them as the replica's batch holds. Several runs, batch
+and could share a pipeline call with each other (same size, steps, guidance, adapters and scales)
+wait together, and the next pipeline call takes as many of them as the replica's batch holds. Several runs, batch
 entries or API requests asking one warm replica for images at once so get more images per second
 than one after another. No Ray here.
 
@@ -36,8 +36,10 @@ class Ticket:
 
     @property
     def shape(self) -> tuple:
+        """What calls must share to share a pipeline call: the adapters and their scales too, so
+        two requests with different looks never mix in one call."""
         first = self.tasks[0]
-        return first.width, first.height, first.steps, first.guidance
+        return first.width, first.height, first.steps, first.guidance, first.adapters_key
 
 
 class Coalescer:

@@ -326,7 +326,8 @@ class ReplicaPool:
             replica.info = info
             replica.loaded = True
             self.events.emit("model_loaded", model=replica.model, replica=replica.name,
-                             seconds=round(replica.info.load_seconds, 2), device=replica.info.device)
+                             seconds=round(replica.info.load_seconds, 2), device=replica.info.device,
+                             warm=replica.info.warm)
         except Exception as exc:  # noqa: BLE001 - any load failure ends this replica
             replica.dead = True
             error = as_image_error(exc) or ImageGenError(

@@ -530,7 +530,8 @@ class Scheduler:
 
 
 def _same_call(a: ImageTask, b: ImageTask, spec: ModelSpec) -> bool:
-    same = (a.width, a.height, a.steps, a.guidance) == (b.width, b.height, b.steps, b.guidance)
+    same = (a.width, a.height, a.steps, a.guidance, a.adapters_key) == (b.width, b.height, b.steps, b.guidance,
+                                                                       b.adapters_key)
     if not spec.is_local:
         same = same and a.prompt == b.prompt  # one API request carries one prompt
     return same

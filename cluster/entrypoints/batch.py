@@ -2,8 +2,9 @@
 
 A manifest is JSON Lines (.jsonl/.json: one object per line) or YAML (.yaml/.yml: a list,
 or a mapping with `entries:`). Each entry takes the Action's input names (`image-prompt`,
-`folder-name`, `image-count`, `models`, ...; dashes or underscores) plus an `id`; without
-`folder-name` an entry writes to `{manifest name}-out/{id}`.
+`folder-name`, `image-count`, `models`, `adapters`, ...; dashes or underscores) plus an `id`;
+without `folder-name` an entry writes to `{manifest name}-out/{id}`. Manifest-wide `defaults`
+(e.g. the adapters that give a whole video one look) apply to every entry that does not set them.
 
 Entries run a few at a time, each as its own run (own scheduler, own `--max-parallel`),
 all on the same resident replicas, so one model load serves the whole batch and every
@@ -34,7 +35,7 @@ from models.registry import Registry
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Request fields a finished report must match for its entry to count as done.
 RESUME_FIELDS = ("image_prompt", "image_count", "models", "generation_strategy", "enable_comparison",
-                 "quality_threshold", "seed", "width", "height", "steps")
+                 "quality_threshold", "seed", "width", "height", "steps", "adapters")
 
 
 @dataclass
@@ -63,32 +64,48 @@ class EntryResult:
         return self.exit_code == 0
 
 
-def read_manifest(path: Path) -> list[dict[str, Any]]:
+def read_manifest(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(entries, manifest-wide defaults). Defaults: a YAML mapping's `defaults:`, or a JSON Lines
+    line holding only `{"defaults": {...}}`; any entry may override them (`adapters: none` too)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ImageGenError("IMG_024", f"manifest {str(path)!r} cannot be read: {exc.strerror or exc}.") from None
+    defaults: Any = {}
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             data = yaml.safe_load(text) or []
             if isinstance(data, dict):
-                data = data.get("entries", [])
+                defaults, data = data.get("defaults") or {}, data.get("entries", [])
         else:
             data = [json.loads(line) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            lines = [d for d in data if isinstance(d, dict) and set(d) == {"defaults"}]
+            data = [d for d in data if not (isinstance(d, dict) and set(d) == {"defaults"})]
+            defaults = lines[0]["defaults"] if lines else {}
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ImageGenError("IMG_024", f"manifest {str(path)!r}: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
         raise ImageGenError("IMG_024", f"manifest {str(path)!r} must hold a non-empty list of request mappings.")
-    return data
+    if not isinstance(defaults, dict) or {"id", "folder-name", "folder_name"} & set(map(str, defaults)):
+        raise ImageGenError("IMG_024", f"manifest {str(path)!r}: `defaults` must be a mapping of request inputs "
+                                       "other than id and folder-name (each entry has its own).")
+    return data, defaults
+
+
+def _raw_inputs(item: dict[str, Any]) -> dict[str, str | None]:
+    return {str(k).replace("-", "_"): (None if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in item.items()}
 
 
 def build_entries(path: Path, registry: Registry, defaults: dict[str, str | None], cwd: Path | None = None) -> list[Entry]:
     """Validate every entry on its own: an invalid one is kept (with its IMG error), not fatal."""
     cwd = cwd or Path.cwd()
     entries, seen_ids, seen_folders = [], set(), {}
-    for number, item in enumerate(read_manifest(path), start=1):
-        raw = {str(k).replace("-", "_"): (None if v is None else str(v).lower() if isinstance(v, bool) else str(v))
-               for k, v in item.items()}
+    items, manifest_defaults = read_manifest(path)
+    # an entry's own value, else the manifest's default (a whole video's look), else the command's
+    defaults = {**defaults, **{k: v for k, v in _raw_inputs(manifest_defaults).items() if v is not None}}
+    for number, item in enumerate(items, start=1):
+        raw = _raw_inputs(item)
         entry_id = raw.pop("id", None) or f"entry-{number}"
         if not _ID.match(entry_id):
             raise ImageGenError("IMG_024", f"manifest entry {number}: id {entry_id!r} must be letters, digits, . _ -")
@@ -132,9 +149,10 @@ def finished_report(request: GenerationRequest) -> dict | None:
             "image_prompt": request.image_prompt, "image_count": request.image_count, "models": request.models_input,
             "generation_strategy": request.generation_strategy, "enable_comparison": request.enable_comparison,
             "quality_threshold": request.quality_threshold, "seed": request.seed, "width": request.width,
-            "height": request.height, "steps": request.steps,
+            "height": request.height, "steps": request.steps, "adapters": request.adapters_input,
         }
-        if any(stored.get(key) != current[key] for key in RESUME_FIELDS):
+        # reports from before adapters existed were made without any
+        if any(stored.get(key, "" if key == "adapters" else None) != current[key] for key in RESUME_FIELDS):
             return None
         for image in report["images"]:
             file = request.folder_name / "images" / image["filename"]

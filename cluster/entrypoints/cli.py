@@ -42,6 +42,8 @@ REQUEST_FLAGS = (
     ("--budget-policy", "degrade (cheaper models, fewer images; default) or refuse a plan estimated over budget."),
     ("--translate", "auto (default), off, required, or a translator id: English for models that cannot read the "
                     "prompt's language."),
+    ("--adapters", "LoRA adapters from configs/adapters.yaml, ID[:SCALE][,ID[:SCALE]...] (default: none): one look "
+                   "across runs; auto picks only models they fit."),
 )
 BOOLEAN_FLAGS = ("--enable-comparison", "--signed-urls")
 REQUIRED_FLAGS = ("--image-prompt", "--folder-name")

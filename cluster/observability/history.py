@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS model_outcomes (
     PRIMARY KEY (run_id, model)
 );
 CREATE INDEX IF NOT EXISTS model_outcomes_model ON model_outcomes(model);
+CREATE TABLE IF NOT EXISTS run_adapters (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    adapter TEXT NOT NULL,
+    scale REAL NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (run_id, adapter)
+);
 """
 # Models need this many recorded runs before their history moves the smart strategy.
 MIN_RUNS_FOR_RANKING = 3
@@ -92,7 +99,17 @@ class History:
                     (run_id, model, row["images"], row["failed"], row["attempts"], row["successes"],
                      _avg(row["seconds"]), _avg(row["scores"]), outcome.costs.get(model, 0.0), row["weights"]),
                 )
+            used = {a.id: a for f in outcome.images for a in f.image.task.adapters}
+            db.executemany("INSERT INTO run_adapters VALUES (?, ?, ?, ?)",
+                           [(run_id, a.id, a.scale, a.sha256) for a in used.values()])
         return run_id
+
+    def adapters(self, run_id: str) -> list[dict]:
+        """The LoRA adapters a recorded run's images were made with: id, scale, sha256."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT adapter, scale, sha256 FROM run_adapters WHERE run_id = ? ORDER BY adapter",
+                              (run_id,)).fetchall()
+        return [{"id": adapter, "scale": scale, "sha256": sha256} for adapter, scale, sha256 in rows]
 
     def summary(self, recent: int = RECENT_RUNS) -> dict[str, dict]:
         """Per model over its most recent `recent` runs: runs, images, success rate, seconds per

@@ -115,6 +115,8 @@ def image_entry(final: FinalImage, file_size: int) -> dict[str, Any]:
         "seed": task.seed,
         "steps": task.steps,
         "guidance": task.guidance,
+        # LoRA adapters with their weights' sha256: with the seed and prompt, what makes it again
+        **({"adapters": [a.record() for a in task.adapters]} if task.adapters else {}),
         "quality_tier": final.quality.tier,
         "below_threshold": final.below_threshold,
         "weights": image.weights,
@@ -216,6 +218,7 @@ def generation_report(outcome: RunOutcome, file_sizes: dict[int, int], report_pa
             "width": req.width,
             "height": req.height,
             "steps": req.steps,
+            "adapters": req.adapters_input,
         },
         "plan": {
             "models": outcome.plan_models,
@@ -232,6 +235,7 @@ def generation_report(outcome: RunOutcome, file_sizes: dict[int, int], report_pa
                      "weights": i.weights, "load_time_seconds": round(i.load_seconds, 3),
                      "peak_gpu_memory_bytes": i.peak_gpu_memory_bytes, "gpu_ids": i.gpu_ids, "warm": i.warm,
                      "restarts": i.restarts, "memory_plan": i.memory_plan, "speed": i.speed,
+                     **({"adapters": i.adapters} if i.adapters else {}),
                      **({"note": i.note} if i.note else {})}
                     for i in infos
                 ],

@@ -47,6 +47,7 @@ from cluster.planning.request import GenerationRequest
 from cluster.output.uploader import GcsUploader, UploadConfig, load_upload_config
 from cluster.output.writer import PRIMARY_NAME, WrittenRun, display_path, file_url, primary_url_of, write_run
 from models import availability
+from models.adapters import fits, load_adapters
 from models.registry import ModelSpec, Registry
 from models.scorers import ScoringConfig, load_scoring
 
@@ -311,7 +312,18 @@ def _journal_key_fields(request: GenerationRequest, registry: Registry) -> dict:
     return {"prompt": request.image_prompt, "models": request.models_input, "count": request.image_count,
             "strategy": request.generation_strategy, "comparison": request.enable_comparison, "seed": request.seed,
             "size": [request.width, request.height], "steps": request.steps, "memory_plan": request.memory_plan,
-            "budget": [request.budget_usd, request.budget_policy], "translate": request.translate, "config": config}
+            "budget": [request.budget_usd, request.budget_policy], "translate": request.translate, "config": config,
+            "adapters": _adapter_hashes(request)}
+
+
+def _adapter_hashes(request: GenerationRequest) -> list:
+    """The adapters with their weights' hashes: a changed file under the same id is another run."""
+    if not request.adapters:
+        return []
+    from models.adapter_files import resolve
+    from models.adapters import load_adapters
+
+    return [[u.id, u.scale, u.sha256] for u in resolve(request.adapters, load_adapters(), env.cache_dir())]
 
 
 def _resumed_plan(resumed: Resumed, request: GenerationRequest, registry: Registry) -> Plan:
@@ -324,7 +336,8 @@ def _resumed_plan(resumed: Resumed, request: GenerationRequest, registry: Regist
     return Plan(tasks=resumed.tasks, models=models, strategy=header["strategy"], base_seed=header["base_seed"],
                 analysis=analyze_prompt(request.image_prompt),
                 selection_reason=f"{header['selection_reason']} (resumed from the interrupted run's journal)",
-                specs={m: registry.get(m) for m in models})
+                specs={m: registry.get(m) for m in models},
+                adapters=resumed.tasks[0].adapters if resumed.tasks else ())  # the journaled ones, hashes too
 
 
 def _settle_journal(journal: RunJournal, outcome: RunOutcome) -> None:
@@ -526,6 +539,7 @@ def _fallback_specs(plan: Plan, registry: Registry) -> list[ModelSpec]:
     """Models a failed image may move to, fastest first: the plan's, then other available ones."""
     candidates = list(plan.specs.values()) + [
         s for s in registry if s.auto_select and s.id not in plan.specs and availability.check(s).ok
+        and all(fits(load_adapters().get(a.id), s) for a in plan.adapters)  # an image keeps its look
     ]
     return sorted(candidates, key=lambda s: (-s.speed, s.id not in plan.specs, s.id))
 

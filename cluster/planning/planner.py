@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from cluster.errors import ImageGenError
 from cluster.planning.request import GenerationRequest
-from cluster.work import ImageTask
+from cluster.work import AdapterUse, ImageTask
 from models import availability
+from models.adapters import CODE as ADAPTER_CODE, check_fit, fits, load_adapters
 from models.hub_cli import download_command
 from models.prompt_analysis import PromptAnalysis, analyze_prompt
 from models.registry import ModelSpec, Registry
@@ -29,6 +30,7 @@ class Plan:
     analysis: PromptAnalysis
     selection_reason: str
     specs: dict[str, ModelSpec] = field(default_factory=dict)
+    adapters: tuple[AdapterUse, ...] = ()  # every image's LoRA adapters, resolved with their hashes
 
     @property
     def total(self) -> int:
@@ -47,9 +49,11 @@ def resolve_models(
             if require_available:
                 check.raise_if_missing()
         return list(request.models), "models named by --models"
-    candidates = [spec for spec in registry if spec.auto_select]
+    candidates = [spec for spec in registry if spec.auto_select and takes_adapters(spec, request)]
     checks = [availability.check(spec) for spec in candidates]
     available = [spec for spec, check in zip(candidates, checks) if check.ok]
+    if not available and request.adapters:
+        raise ImageGenError(ADAPTER_CODE, no_model_for_adapters(request, registry))
     if not available:
         reasons = "; ".join(f"{c.model}: {c.reason.split(': ', 1)[-1]}" for c in checks[:3])
         raise ImageGenError(
@@ -66,6 +70,43 @@ def resolve_models(
     return [best.id], f"best available model for the {request.generation_strategy} strategy"
 
 
+def takes_adapters(spec: ModelSpec, request: GenerationRequest) -> bool:
+    """Whether the request's adapters (if any) fit `spec`: smart selection picks only such models."""
+    return all(fits(load_adapters().get(adapter_id), spec) for adapter_id, _ in request.adapters)
+
+
+def no_model_for_adapters(request: GenerationRequest, registry: Registry) -> str:
+    families = sorted({load_adapters().get(adapter_id).family for adapter_id, _ in request.adapters})
+    fitting = [s.id for s in registry if takes_adapters(s, request)]
+    return (f"`--models auto` found no available model that --adapters {request.adapters_input} fit (family "
+            f"{', '.join(families)}); auto picks among {', '.join(s.id for s in registry if s.auto_select)}. "
+            f"Models they fit: {', '.join(fitting) or 'none'}; name one with --models.")
+
+
+def plan_adapters(request: GenerationRequest, specs: list[ModelSpec]) -> tuple[AdapterUse, ...]:
+    """The request's adapters with their weights' hashes, checked against every planned model (its
+    family, a memory plan that can hold them, its family's budget); IMG_031 when one cannot."""
+    if not request.adapters:
+        return ()
+    from cluster import env
+    from models.adapter_files import resolve, total_gb
+
+    registry = load_adapters()
+    uses = resolve(request.adapters, registry, env.cache_dir())
+    for spec in specs:
+        check_fit(request.adapters, spec, registry)
+        if spec.memory_plan == "fp8-storage" and request.memory_plan in (None, "fp8-storage"):
+            raise ImageGenError(ADAPTER_CODE, f"model {spec.id!r} is held in fp8 storage (memory_plan in its "
+                                              "entry), which cannot take adapters; pass --memory-plan auto.")
+        budget = registry.settings_for(spec).budget_gb
+        if total_gb(uses, env.cache_dir()) > budget:
+            raise ImageGenError(ADAPTER_CODE, f"--adapters {request.adapters_input} take "
+                                              f"{total_gb(uses, env.cache_dir()):.2f} GiB, more than the "
+                                              f"{budget:g} GiB budget_gb of family {spec.family} in "
+                                              f"{registry.path.name}.")
+    return uses
+
+
 def make_plan(
     request: GenerationRequest, registry: Registry, history: HistoryScore | None = None, base_seed: int | None = None,
     require_available: bool = True,
@@ -73,6 +114,7 @@ def make_plan(
     analysis = analyze_prompt(request.image_prompt)
     models, reason = resolve_models(request, registry, analysis, history, require_available)
     specs = {m: registry.get(m) for m in models}
+    adapters = plan_adapters(request, list(specs.values()))
     if base_seed is None:
         base_seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
 
@@ -91,12 +133,12 @@ def make_plan(
         per_model_seen[model] = nth + 1
         # Comparison mode: every model gets the same seeds, so image j of each model is a fair pair.
         seed = (base_seed + (nth if request.enable_comparison else index)) % (2**32)
-        tasks.append(task_for(spec, request, index, seed))
-    return Plan(tasks, models, request.generation_strategy, base_seed, analysis, reason, specs)
+        tasks.append(task_for(spec, request, index, seed, adapters=adapters))
+    return Plan(tasks, models, request.generation_strategy, base_seed, analysis, reason, specs, adapters)
 
 
 def task_for(spec: ModelSpec, request: GenerationRequest, index: int, seed: int,
-             prompt: str | None = None, variation: str = "original") -> ImageTask:
+             prompt: str | None = None, variation: str = "original", adapters: tuple[AdapterUse, ...] = ()) -> ImageTask:
     """The task for one image on `spec`, the request's overrides over the spec's defaults."""
     return ImageTask(
         index=index,
@@ -108,6 +150,7 @@ def task_for(spec: ModelSpec, request: GenerationRequest, index: int, seed: int,
         steps=request.steps or spec.steps,
         guidance=spec.guidance,
         prompt_variation=variation,
+        adapters=adapters,
     )
 
 

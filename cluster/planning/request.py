@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.errors import ImageGenError
+from models.adapters import CODE as ADAPTER_CODE, check_fit, format_choices, load_adapters, parse_adapters
 from models.registry import Registry
 
 MAX_PROMPT_CHARS = 2000
@@ -60,11 +61,17 @@ class GenerationRequest(BaseModel):
     budget_policy: Literal["degrade", "refuse"] = Field("degrade", description="A plan estimated over budget is "
                                                         "degraded (cheaper models, fewer images) or refused.")
     translate: str = Field("auto", description="auto, off, required, or a translator id of configs/translation.yaml.")
+    adapters: tuple[tuple[str, float], ...] = Field((), description="LoRA adapters (id, scale) from configs/adapters.yaml.")
     debug: bool = False
 
     @property
     def models_input(self) -> str:
         return ",".join(self.models) if self.models else "auto"
+
+    @property
+    def adapters_input(self) -> str:
+        """The --adapters value that means this request's adapters ("" for none)."""
+        return format_choices(self.adapters)
 
 
 def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None = None) -> GenerationRequest:
@@ -109,9 +116,24 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         "budget_usd": parse_budget(get("budget_usd")),
         "budget_policy": parse_budget_policy(get("budget_policy")),
         "translate": parse_translate(get("translate")),
+        "adapters": parse_adapters(get("adapters"), load_adapters()),
         "debug": parse_bool_flag(get("debug"), flag="--debug", code="IMG_011"),
     }
+    check_adapters(fields, registry)
     return GenerationRequest(**fields)
+
+
+def check_adapters(fields: dict, registry: Registry) -> None:
+    """Adapters against the rest of the request: every model named must take them (IMG_031); a
+    memory plan storing weights in float8 cannot (layerwise casting would cast the LoRA matrices)."""
+    if not fields["adapters"]:
+        return
+    for model_id in fields["models"]:
+        check_fit(fields["adapters"], registry.get(model_id), load_adapters())
+    if fields["memory_plan"] == "fp8-storage":
+        raise ImageGenError(ADAPTER_CODE, "--memory-plan fp8-storage cannot take --adapters: layerwise casting would store "
+                                  "the LoRA matrices in float8 too, where they cannot compute; leave --memory-plan "
+                                  "to auto (plans without fp8 storage are chosen) or name another plan.")
 
 
 def parse_prompt(value: str | None) -> str:

@@ -25,6 +25,7 @@ optional --upload-uri "${INPUT_UPLOAD_URI-}"
 optional --config "${INPUT_CONFIG-}"
 optional --scorer "${INPUT_SCORER-}"
 optional --budget-usd "${INPUT_BUDGET_USD-}"
+optional --adapters "${INPUT_ADAPTERS-}"
 
 # folder-name (and config) are relative to the workspace, as in the legacy step
 cd "${GITHUB_WORKSPACE:-.}"

@@ -87,9 +87,23 @@ def model_object(spec) -> dict:
     other names clients may call it by)."""
     from models import availability
 
+    from models.adapters import load_adapters
+
     return {"id": spec.id, "object": "model", "created": 0, "owned_by": "kamui-multi-image",
             "available": availability.check(spec).ok, "backend": spec.backend, "weights": spec.weights,
-            "aliases": list(spec.aliases)}
+            "aliases": list(spec.aliases), "adapters": [a.id for a in load_adapters().fitting(spec)]}
+
+
+def adapter_objects(registry) -> list[dict]:
+    """The LoRA adapters requests may name (the `adapters` field), with the models each fits."""
+    from cluster import env
+    from models.adapter_files import missing_reason
+    from models.adapters import fits, load_adapters
+
+    return [{"id": a.id, "object": "adapter", "family": a.family, "scale": a.scale,
+             "trigger_words": list(a.trigger_words), "description": a.description, "license": a.license,
+             "available": not missing_reason(a, env.cache_dir()), "models": [s.id for s in registry if fits(a, s)]}
+            for a in load_adapters()]
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -306,7 +320,8 @@ class ImageAPI:
     async def models(self, request: Request):
         async def handler(caller: Caller):
             data = await asyncio.to_thread(lambda: [model_object(s) for s in self.registry])
-            return {"object": "list", "data": data}
+            adapters = await asyncio.to_thread(adapter_objects, self.registry)
+            return {"object": "list", "data": data, "adapters": adapters}
 
         return await self._guarded(request, handler)
 

@@ -29,7 +29,8 @@ MAX_STEPS = 50
 MAX_PARALLEL = 8
 MAX_SIDE = 2048  # and never more than a model's own `max_side`
 MULTI_IMAGE_INPUTS = ("image-prompt", "image-count", "models", "generation-strategy", "enable-comparison",
-                      "quality-threshold", "max-parallel", "seed", "width", "height", "steps", "scorer", "folder-name")
+                      "quality-threshold", "max-parallel", "seed", "width", "height", "steps", "scorer", "folder-name",
+                      "adapters")
 
 # IMG code -> HTTP status (anything not listed: by its exit status, 2 -> 400, else 500)
 STATUS = {"IMG_002": 404, "IMG_003": 504, "IMG_006": 429, "IMG_007": 502, "IMG_008": 502, "IMG_010": 503,
@@ -76,6 +77,10 @@ class ImagesRequest(BaseModel):
     background: str | None = None
     moderation: str | None = None
     user: str | None = Field(None, max_length=256)
+    # ours, which the openai client sends through extra_body: "ID[:SCALE],..." or a list of ids,
+    # "ID:SCALE" strings or {"id", "scale"} objects (GET /v1/models lists them and the models they fit)
+    adapters: str | list[str | dict[str, str | float | int]] | None = Field(
+        None, description="LoRA adapters of configs/adapters.yaml, as --adapters takes them.")
 
     def dimensions(self) -> tuple[int, int] | None:
         if self.size == "auto":
@@ -145,6 +150,7 @@ def parse_images_request(body: Any, registry) -> ImagesRequest:
         raise ApiError("IMG_011", f"output_format {request.output_format!r}: this server makes PNG images.",
                          "output_format")
     check_prompt(request.prompt, "prompt")
+    request = request.model_copy(update={"adapters": adapters_value(request.adapters)})
     if not 1 <= request.n <= MAX_IMAGES:
         raise ApiError("IMG_001", f"n {request.n} is out of range; give 1 to {MAX_IMAGES}.", "n")
     specs = model_specs(request.model, registry, "model")
@@ -155,6 +161,22 @@ def parse_images_request(body: Any, registry) -> ImagesRequest:
         for side in request.dimensions():
             check_side(side, specs, "size")
     return request.model_copy(update={"model": specs[0].id if request.model != "auto" else "auto"})
+
+
+def adapters_value(value) -> str | None:
+    """The `adapters` field as the --adapters string the request parser checks (IMG_031 when malformed)."""
+    if value is None or isinstance(value, str):
+        return value
+    parts = []
+    for item in value:
+        if isinstance(item, dict):
+            unknown = set(item) - {"id", "scale"}
+            if "id" not in item or unknown or not isinstance(item["id"], str):
+                raise ApiError("IMG_031", "adapters: each object needs an `id` (a string) and may have a `scale`.",
+                               "adapters")
+            item = f"{item['id']}:{item['scale']}" if "scale" in item else item["id"]
+        parts.append(item)
+    return ",".join(parts)
 
 
 def check_prompt(prompt: str, field: str) -> None:
@@ -209,7 +231,8 @@ def raw_inputs(request: ImagesRequest, folder: str, scorer: str | None,
     return {"image_prompt": request.prompt, "folder_name": folder, "image_count": str(request.n),
             "models": request.model, "width": str(size[0]) if size else None,
             "height": str(size[1]) if size else None, "scorer": scorer,
-            "generation_strategy": "parallel" if request.model != "auto" else None, "upload_uri": upload_uri}
+            "generation_strategy": "parallel" if request.model != "auto" else None, "upload_uri": upload_uri,
+            "adapters": request.adapters}
 
 
 def multi_image_inputs(body: Any, folder: str, scorer: str | None, registry,

@@ -2,7 +2,7 @@
 
 A local image: (its share of its pipeline call's seconds + its share of its replica's load time)
 x the fraction of the card its replica holds x the card's price per hour / 3600. A warm replica's
-load was paid by an earlier run: it adds nothing. A remote image: its model's list price.
+load was paid by an earlier run: it adds nothing; LoRA adapters its call loaded count as loading. A remote image: its model's list price.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def image_costs(images, replicas: dict, specs: dict, config: CostConfig) -> list
         # a card's fraction prices GPU time; a replica running on the CPU (a logical GPU, tests) pays its CPU-seconds
         share = (getattr(info, "gpu_share", 0.0) or 1.0) if what != "CPU" else 1.0
         load = (info.load_seconds / made[(model, image.replica)]) if info is not None and not info.warm else 0.0
+        load += image.extra.get("adapter_load_seconds", 0.0)  # its share of loading its call's adapters
         seconds = image.seconds + load
         unit = "CPU-s" if what == "CPU" else "GPU-s"
         fraction = f"{share:g} of " if share != 1.0 else ""

@@ -16,7 +16,7 @@ in tiles) when the decode would not fit otherwise.
 A generation has three phases that never overlap (encode the prompt, denoise, decode), so a
 plan's footprint is its resident weights plus the costliest phase: that phase's working memory
 and whatever weights the plan brings onto the card for it; plus the replica's cache of prompt
-embeddings, which stays on the card.
+embeddings and, for a family that takes LoRA adapters, their budget, which stay on the card.
 
 One unit throughout: GiB (2**30 bytes), what `torch.cuda.mem_get_info` reports divided by 2**30;
 card and host sizes are given in it too. Weights are counted, never assumed as a share: an fp8
@@ -61,6 +61,7 @@ class MemoryPlan:
     host_gb: float = 0.0  # host RAM the plan holds at its peak (offloaded weights, pinning, loading), GiB
     batch: int = 1
     reason: str = ""
+    adapters_gb: float = 0.0  # LoRA adapters the replica keeps loaded (its family's budget), in gpu_gb
 
     @property
     def offload(self) -> str:
@@ -78,7 +79,8 @@ class MemoryPlan:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "label": self.label, "fp8": self.fp8, "vae": self.vae,
-                "footprint_gb": self.gpu_gb, "host_gb": self.host_gb, "batch": self.batch, "reason": self.reason}
+                "footprint_gb": self.gpu_gb, "host_gb": self.host_gb, "batch": self.batch, "reason": self.reason,
+                **({"adapters_gb": self.adapters_gb} if self.adapters_gb else {})}
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Need:
     height: int = 1024
     allow_fp8: bool = True
     cuda: bool = True  # the card is a CUDA device (offload plans need one)
+    adapters_gb: float = 0.0  # LoRA adapters kept on the card beside the weights (configs/adapters.yaml)
 
 
 def _gb(value: float) -> float:
@@ -181,7 +184,7 @@ def footprint(sizes: ModelSizes, name: str, fp8: bool, vae: str, need: Need) -> 
             # streams copy from pinned memory: each component's pinned copy is made while its
             # unpinned weights still exist, so the largest one is there twice for a moment
             host += max(stored, default=0.0)
-    return _gb(gpu + prompt_cache_gb(sizes) + CUDA_OVERHEAD_GB), _gb(host + HOST_MARGIN_GB)
+    return _gb(gpu + prompt_cache_gb(sizes) + need.adapters_gb + CUDA_OVERHEAD_GB), _gb(host + HOST_MARGIN_GB)
 
 
 def candidates(sizes: ModelSizes, need: Need, only: str | None = None) -> list[MemoryPlan]:
@@ -199,7 +202,7 @@ def candidates(sizes: ModelSizes, need: Need, only: str | None = None) -> list[M
             vaes = ["none", "slicing", "tiling"] if need.batch > 1 else ["none", "tiling"]
             for vae in vaes:
                 gpu, host = footprint(sizes, name, fp8, vae, need)
-                out.append(MemoryPlan(name, fp8, vae, gpu, host, need.batch))
+                out.append(MemoryPlan(name, fp8, vae, gpu, host, need.batch, adapters_gb=need.adapters_gb))
     return out
 
 
@@ -218,7 +221,7 @@ def choose(sizes: ModelSizes, need: Need, forced: str | None = None) -> PlanChoi
 def why_not(plan: MemoryPlan, need: Need) -> str:
     """Why `plan` does not fit `need`; "" when it does."""
     if plan.fp8 and not need.allow_fp8:
-        return "fp8 not allowed for this model"
+        return "fp8 storage cannot hold LoRA adapters" if need.adapters_gb else "fp8 not allowed for this model"
     if plan.offload != "none" and not need.cuda:
         return "needs a CUDA device"
     if plan.gpu_gb > need.card_gb:

@@ -46,14 +46,24 @@ def forced_plan(spec: ModelSpec, run_plan: str | None) -> str | None:
     return None if chosen in (None, "auto") else chosen
 
 
+def adapters_gb(spec: ModelSpec) -> float:
+    """GiB a replica of `spec` keeps for LoRA adapters: its family's budget (configs/adapters.yaml),
+    0 for a model that takes none. Such a replica is planned without fp8 storage, which cannot hold them."""
+    from models.adapters import load_adapters
+
+    settings = load_adapters().settings_for(spec) if spec.is_local else None
+    return settings.budget_gb if settings is not None else 0.0
+
+
 def gpu_need(spec: ModelSpec, nodes: list[NodeCapacity], width: int, height: int, batch: int = 1) -> Need | None:
     card = smallest_card_gb(nodes)
     if card is None:
         return None
     # the host RAM a replica's bundle can reserve there: Ray's `memory` resource of the node
     hosts = [n.memory_bytes / 2**30 for n in nodes if n.card_gb and n.memory_bytes > 0]
+    adapters = adapters_gb(spec)
     return Need(card_gb=card, host_gb=min(hosts) if hosts else None, batch=batch, width=width, height=height,
-                allow_fp8=spec.allow_fp8)
+                allow_fp8=spec.allow_fp8 and not adapters, adapters_gb=adapters)
 
 
 def plan_replica(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict[str, dict[str, float]] | None,
@@ -75,18 +85,23 @@ def _plan_replica(spec: ModelSpec, nodes: list[NodeCapacity], free_by_node: dict
         return MemoryPlan("remote")
     if not uses_gpus(nodes):  # the CPU holds whatever it is given; only the forced plan's kind matters
         name = forced or "cpu"
-        return MemoryPlan(name, fp8=name == "fp8-storage", batch=batch_cap, reason="no GPU in the cluster")
+        return MemoryPlan(name, fp8=name == "fp8-storage", batch=batch_cap, reason="no GPU in the cluster",
+                          adapters_gb=adapters_gb(spec))
     sizes = sizes if sizes is not None else sizes_for(spec)
     if sizes is None:
         from cluster.planning.placement import replica_batch
 
         batch = min(batch_cap, replica_batch(spec, nodes, free_by_node))
-        return MemoryPlan(forced or "declared", fp8=forced == "fp8-storage", gpu_gb=round(reserve_gb(spec, batch), 4),
-                          batch=batch, reason="the model's declared gpu_memory_gb (no sizes known for its components)")
+        extra = adapters_gb(spec)
+        return MemoryPlan(forced or "declared", fp8=forced == "fp8-storage",
+                          gpu_gb=round(reserve_gb(spec, batch) + extra, 4), batch=batch, adapters_gb=extra,
+                          reason="the model's declared gpu_memory_gb (no sizes known for its components)"
+                          + (f" and {extra:g} GiB for LoRA adapters" if extra else ""))
     need = gpu_need(spec, nodes, width, height)
     if need is None:  # GPUs of unknown memory: nothing to plan against
-        return MemoryPlan(forced or "declared", fp8=forced == "fp8-storage", gpu_gb=round(reserve_gb(spec, 1), 4),
-                          batch=1, reason="the cluster's cards do not advertise gpu_memory_gb")
+        extra = adapters_gb(spec)
+        return MemoryPlan(forced or "declared", fp8=forced == "fp8-storage", gpu_gb=round(reserve_gb(spec, 1) + extra, 4),
+                          batch=1, adapters_gb=extra, reason="the cluster's cards do not advertise gpu_memory_gb")
     choice = choose(sizes, need, forced)
     if choice.plan is None:
         raise ImageGenError("IMG_010", unplaceable_message(spec, need, choice, forced, sizes))

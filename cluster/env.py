@@ -16,6 +16,13 @@ def cache_dir() -> Path:
     return Path(base) / "kamui-multi-image"
 
 
+def adapters_config() -> Path | None:
+    """KAMUI_ADAPTERS_CONFIG: another adapters.yaml for every process that reads it (set it on every
+    node: replicas read it too); None: the bundled one."""
+    value = os.environ.get("KAMUI_ADAPTERS_CONFIG")
+    return Path(value).expanduser() if value else None
+
+
 def history_path() -> Path | None:
     value = os.environ.get("KAMUI_HISTORY_DB")
     return Path(value).expanduser() if value else None

@@ -105,14 +105,17 @@ def fits(adapter: AdapterSpec, spec: ModelSpec) -> bool:
 
 
 def load_adapters(path: str | Path | None = None) -> AdapterRegistry:
+    """`path`, else $KAMUI_ADAPTERS_CONFIG, else the bundled configs/adapters.yaml (read once)."""
     if path is None:
-        return _bundled()
+        from cluster import env
+
+        return _cached(env.adapters_config() or DEFAULT_ADAPTERS_FILE)
     return load_config(path, DEFAULT_ADAPTERS_FILE, "adapter config", lambda raw: _build(raw, Path(path)))
 
 
-@lru_cache(maxsize=1)
-def _bundled() -> AdapterRegistry:
-    return load_config(None, DEFAULT_ADAPTERS_FILE, "adapter config", lambda raw: _build(raw, DEFAULT_ADAPTERS_FILE))
+@lru_cache(maxsize=4)
+def _cached(path: Path) -> AdapterRegistry:
+    return load_config(path, DEFAULT_ADAPTERS_FILE, "adapter config", lambda raw: _build(raw, path))
 
 
 def _build(raw: dict, path: Path) -> AdapterRegistry:

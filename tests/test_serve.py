@@ -108,6 +108,29 @@ def test_b64_images_at_the_requested_size_with_their_metadata(client):
     assert {p["model"] for p in params} == {"tiny-flux"} and params[0]["seed"] != params[1]["seed"]
 
 
+def test_adapters_arrive_through_extra_body_and_are_listed_with_the_models_they_fit(client, server):
+    import openai
+
+    from cluster.output.png import read_parameters
+
+    with urllib.request.urlopen(urllib.request.Request(f"{server['url']}/v1/models",
+                                                       headers={"Authorization": f"Bearer {KEY}"}),
+                                timeout=30) as response:
+        listing = json.loads(response.read())
+    adapters = {a["id"]: a for a in listing["adapters"]}
+    assert adapters["tiny-style"]["models"] == ["tiny-flux"] and adapters["tiny-style"]["available"]
+    assert next(m for m in listing["data"] if m["id"] == "tiny-flux")["adapters"] == ["tiny-style", "tiny-grain"]
+    for adapters_field, expected in (("tiny-style:0.8", [("tiny-style", 0.8)]),
+                                     ([{"id": "tiny-grain", "scale": 0.5}], [("tiny-grain", 0.5)])):
+        result = client.images.generate(model="tiny-flux", prompt="a lighthouse", size="64x64",
+                                        extra_body={"adapters": adapters_field})
+        params = read_parameters(base64.b64decode(result.data[0].b64_json))
+        assert [(a["id"], a["scale"]) for a in params["adapters"]] == expected
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(model="tiny-flux", prompt="x", size="64x64", extra_body={"adapters": "no-such"})
+    assert refused.value.body["code"] == "IMG_031"
+
+
 def test_url_images_are_served_by_the_server(client, server):
     result = client.images.generate(model="tiny-flux", prompt="a fox in the snow", n=1, size="128x64",
                                     response_format="url")

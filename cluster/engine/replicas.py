@@ -19,13 +19,12 @@ from cluster.observability.events import Events
 from cluster.planning.limits import Limits
 from cluster.planning.feasibility import batch_cap, checked_plan, replica_fit
 from cluster.planning.memory.planner import MemoryPlan
+from cluster.engine.nodes import available_by_node, cluster_nodes
 from cluster.engine.replica_choice import Timing, choose_replicas
 from cluster.planning.placement import (
     GPU_MEMORY_RESOURCE,
     fmt_bundle,
     NodeCapacity,
-    available_by_node,
-    cluster_nodes,
     describe,
     replica_bundle,
     replica_capacity,

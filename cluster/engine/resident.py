@@ -18,10 +18,10 @@ from typing import Any
 
 import ray
 
+from actors.model_actor import REGISTRY_NAME
 from models.registry import ModelSpec
 from models.scorers import ScorerSpec
 
-REGISTRY_NAME = "resident-registry"
 # Seconds a registry call that places nothing may take (it serves one call at a time).
 REGISTRY_TIMEOUT = 60.0
 # Releasing waits up to 10 s for each replica's name to come free.
@@ -128,6 +128,7 @@ class ResidentRegistry:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from actors.model_actor import ModelActor
+        from cluster.engine.nodes import available_by_node
         from cluster.planning.placement import fmt_bundle, missing_resources
 
         self.sweep()
@@ -148,7 +149,7 @@ class ResidentRegistry:
             if not group.wait(timeout_seconds=placement_timeout):
                 remove_placement_group(group)
                 error = (f"no room for another replica of {spec.id} within {placement_timeout:g}s: each holds "
-                         f"{fmt_bundle(bundle)}, and {missing_resources(bundle)} ran out")
+                         f"{fmt_bundle(bundle)}, and {missing_resources(bundle, available_by_node() or {})} ran out")
                 break
             ModelActor.options(
                 name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,

@@ -319,7 +319,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         model_ids = list(parse_models(args.models, registry))
     if args.upload_uri:
-        from cluster.output.uploader import parse_gcs_uri
+        from cluster.planning.request import parse_gcs_uri
 
         parse_gcs_uri(args.upload_uri)
     data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else env.cache_dir() / "serve"

@@ -122,7 +122,7 @@ def _nodes(request: GenerationRequest, machine: Hypothetical | None) -> tuple[li
     from cluster.engine.ray_runtime import RayRuntime, find_running_cluster
 
     if request.address or find_running_cluster()[0] is not None:
-        from cluster.planning.placement import cluster_nodes
+        from cluster.engine.nodes import cluster_nodes
 
         with RayRuntime(request.address, request.debug) as runtime:
             return cluster_nodes(), f"the Ray cluster at {runtime.describe()['address']}"

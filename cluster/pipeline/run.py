@@ -31,7 +31,7 @@ from cluster.output.github_output import append_outputs
 from cluster.observability.history import History, safely
 from cluster.planning.limits import Limits
 from cluster.observability.metrics import RayMetricsSink, run_metrics
-from cluster.planning.placement import cluster_nodes
+from cluster.engine.nodes import cluster_nodes
 from cluster.planning.planner import Plan, make_plan, retarget
 from cluster.planning.preflight import check_disk_space, check_folder_owned, clean_stale_staging, estimate_bytes
 from cluster.engine.ray_runtime import RayRuntime

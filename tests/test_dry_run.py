@@ -99,9 +99,9 @@ def test_the_machines_are_described_as_they_are(capsys):
     code, result, _ = dry(capsys, "--models", "tiny-flux")
     assert code == 0
     (kind,) = result["models"][0]["kinds"]
-    stated = float(kind["node_kind"].split(" GB host RAM")[0].rsplit(" ", 1)[-1])
+    stated = float(kind["node_kind"].split(" GiB host RAM")[0].rsplit(" ", 1)[-1])
     assert abs(stated - available) <= 1.5  # the RAM free for new processes, not the free pages
     assert main(["generate", *PROMPT, "--models", "tiny-flux", "--dry-run", "--card-memory", "16",
                  "--host-memory", "32"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert "one 16 GB card and 32 GB host RAM" in first and "CPU" not in first  # nothing made up
+    assert "one 16 GiB card and 32 GiB host RAM" in first and "CPU" not in first  # nothing made up

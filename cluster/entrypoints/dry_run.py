@@ -21,7 +21,7 @@ from cluster.errors import ImageGenError
 from cluster.planning.feasibility import fit_on
 from cluster.planning.limits import Limits
 from cluster.planning.memory.replica_plan import sizes_for
-from cluster.planning.placement import NodeCapacity, describe
+from cluster.planning.placement import NodeCapacity, describe, uses_gpus
 from cluster.planning.request import GenerationRequest
 from models import availability
 from models.registry import Registry
@@ -117,8 +117,8 @@ def _nodes(request: GenerationRequest, machine: Hypothetical | None) -> tuple[li
     here = this_machine()
     if machine is not None:
         nodes = hypothetical_nodes(machine, here)
-        card = f"one {machine.card_gb:g} GB card" if machine.card_gb else "no GPU"
-        return nodes, f"a hypothetical machine with {card} and {nodes[0].host_gb:.0f} GB host RAM"
+        card = f"one {machine.card_gb:g} GiB card" if machine.card_gb else "no GPU"
+        return nodes, f"a hypothetical machine with {card} and {nodes[0].host_gb:.0f} GiB host RAM"
     from cluster.engine.ray_runtime import RayRuntime, find_running_cluster
 
     if request.address or find_running_cluster()[0] is not None:
@@ -155,12 +155,12 @@ def describe_plan(request: GenerationRequest, plan, registry: Registry, limits: 
     summary, else list prices and defaults), and per node kind the memory plan, bundle and fitting nodes."""
     from cluster.planning.costs.budget import estimate
     from cluster.planning.costs.config import load_costs
-    from cluster.pipeline.stages.budget import runs_on_cpu  # priced as the run's budget stage prices it
 
     counts: dict[str, int] = {}
     for task in plan.tasks:
         counts[task.model] = counts.get(task.model, 0) + 1
-    estimates = estimate(counts, {s.id: s for s in registry}, history, load_costs(), runs_on_cpu(request))
+    # priced for the nodes judged: this machine without a GPU at the CPU rate, as the run's budget stage
+    estimates = estimate(counts, {s.id: s for s in registry}, history, load_costs(), not uses_gpus(nodes))
     models = []
     for model_id, images in counts.items():
         spec = registry.get(model_id)

@@ -178,3 +178,18 @@ def test_every_package_says_its_job():
 def test_cluster_has_a_handful_of_top_level_modules():
     top = sorted(p.stem for p in (ROOT / "cluster").glob("*.py") if p.stem != "__init__")
     assert top == ["config_files", "env", "errors", "work"]
+
+
+def test_the_architecture_doc_matches_the_tree():
+    """Every path docs/architecture.md names exists, and it names every package of the tree."""
+    import re
+
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`((?:cluster|actors|models|configs|docs|tests)/[\w/.*-]*)`", doc))
+    missing = sorted(p for p in named if not list(ROOT.glob(p.rstrip("/"))))
+    assert missing == []
+    packages = sorted(str(init.parent.relative_to(ROOT)) + "/" for init in
+                      [*ROOT.glob("cluster/*/__init__.py"), *ROOT.glob("actors/*/__init__.py")])
+    assert [p for p in packages if f"`{p}`" not in doc] == []
+    for layer, _ in LAYERS:
+        assert layer in doc, f"the layer {layer!r} is not in docs/architecture.md"

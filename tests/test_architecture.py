@@ -193,3 +193,22 @@ def test_the_architecture_doc_matches_the_tree():
     assert [p for p in packages if f"`{p}`" not in doc] == []
     for layer, _ in LAYERS:
         assert layer in doc, f"the layer {layer!r} is not in docs/architecture.md"
+
+
+def test_functions_in_cluster_are_short_with_few_parameters_or_say_why():
+    """~80 lines and ~8 parameters at most (self not counted); a longer one says why in a comment
+    right above it that starts with `# long:`."""
+    too_big = []
+    for path in sorted((ROOT / "cluster").rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = node.args
+            params = [a for a in [*args.posonlyargs, *args.args, *args.kwonlyargs] if a.arg not in ("self", "cls")]
+            length = node.end_lineno - node.lineno + 1
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            said_why = first >= 2 and lines[first - 2].strip().startswith("# long:")
+            if (length > 85 or len(params) + bool(args.vararg) + bool(args.kwarg) > 8) and not said_why:
+                too_big.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines, {len(params)} parameters")
+    assert too_big == []

@@ -21,7 +21,7 @@ FLUX_SCHNELL_SCHEDULER = {"base_image_seq_len": 256, "base_shift": 0.5, "max_ima
 
 
 def instantiate(component, dtype, torch):
-    """One component (cluster.memory.architectures.ComponentArch) built from its config, in `dtype`,
+    """One component (cluster.planning.memory.architectures.ComponentArch) built from its config, in `dtype`,
     on the current default device (`with torch.device(...)`), weights initialised by its class."""
     cls = getattr(importlib.import_module(component.library), component.class_name)
     previous = torch.get_default_dtype()
@@ -35,7 +35,7 @@ def instantiate(component, dtype, torch):
 
 def build_arch_pipeline(arch, device: str, dtype, torch, seed: int = 0,
                         cast: Callable[[str, object], None] | None = None, init_on: str | None = None):
-    """A FluxPipeline of architecture `arch` (cluster.memory.architectures.Architecture) with random
+    """A FluxPipeline of architecture `arch` (cluster.planning.memory.architectures.Architecture) with random
     weights, on `device`.
 
     Each component is built on the meta device (no memory) and `cast(name, module)` runs there (an

@@ -38,7 +38,7 @@ def makespan(log: Path) -> float:
 
 
 def run_case(base: Path, name: str, spec: dict, n: int, p: int) -> float:
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
     from tests.helpers import make_request, quick_limits, scripted_registry
 
     folder = base / name
@@ -59,7 +59,7 @@ def main() -> None:
 
     import ray
 
-    from cluster.placement import GPU_MEMORY_RESOURCE
+    from cluster.planning.placement import GPU_MEMORY_RESOURCE
 
     os.environ.setdefault("KAMUI_CACHE_DIR", tempfile.mkdtemp(prefix="kamui-bench-"))
     # four logical 24 GB cards: the local case gets one replica per card, as on a 4-GPU node

@@ -154,8 +154,8 @@ class Check:
     def flops_per_image(self) -> float:
         """FLUX.1's transformer at this size, counted on the meta device per op (every Linear over
         the tokens it really sees, attention over image + text tokens) times the steps."""
-        from actors.meta_count import transformer_flops
-        from cluster.memory.architectures import load_architecture
+        from actors.core.meta_count import transformer_flops
+        from cluster.planning.memory.architectures import load_architecture
 
         text = int(self.spec.call_args.get("max_sequence_length", 512))
         return self.steps * transformer_flops(load_architecture("flux1-schnell"), self.size, self.size, text)
@@ -193,7 +193,7 @@ class Check:
             from models.tiny import tiny_pipeline_dir
 
             return diffusers.FluxPipeline.from_pretrained(tiny_pipeline_dir("tiny-flux", env.cache_dir())).to(self.device)
-        from cluster.memory.architectures import load_architecture
+        from cluster.planning.memory.architectures import load_architecture
         from models.real_size import build_arch_pipeline
 
         pipe = build_arch_pipeline(load_architecture("flux1-schnell"), self.device, torch.bfloat16, torch)
@@ -214,10 +214,10 @@ class Check:
         return out
 
     def product(self, plan=None, speed=None) -> dict:
-        """The product's generator (actors.diffusers_generator), as a replica holds it."""
-        from actors.diffusers_generator import DiffusersGenerator
+        """The product's generator (actors.core.diffusers_generator), as a replica holds it."""
+        from actors.core.diffusers_generator import DiffusersGenerator
         from cluster import env
-        from cluster.memory.planner import MemoryPlan
+        from cluster.planning.memory.planner import MemoryPlan
         from cluster.work import ImageTask
 
         spec = self.spec if speed is None else self.spec.model_copy(update={"speedups": speed})
@@ -245,7 +245,7 @@ class Check:
         """CLIP ViT-L/14 scoring throughput (random weights): one image per call against batches."""
         from PIL import Image
 
-        from actors.clip_scorer import ClipScorer, ScoreItem
+        from actors.core.clip_scorer import ClipScorer, ScoreItem
         from cluster import env
         from models.scorers import ScorerSpec
 
@@ -279,7 +279,7 @@ class Check:
     # --- the card's plans ---------------------------------------------------------------
 
     def need(self):
-        from cluster.memory.planner import Need
+        from cluster.planning.memory.planner import Need
 
         card = self.torch.cuda.mem_get_info()[1] / GIB if self.cuda else 1024.0
         return Need(card_gb=round(card, 1), host_gb=host_gb(), batch=1, width=self.size, height=self.size,
@@ -287,8 +287,8 @@ class Check:
 
     def planned(self, name: str, fp8: bool, vae: str = "none"):
         """The plan `name` with this card's planned footprint (the tiny model has none to plan)."""
-        from cluster.memory.planner import MemoryPlan, footprint
-        from cluster.memory.sizes import architecture_sizes
+        from cluster.planning.memory.planner import MemoryPlan, footprint
+        from cluster.planning.memory.sizes import architecture_sizes
 
         if self.tiny:
             return MemoryPlan(name, fp8, vae)
@@ -297,8 +297,8 @@ class Check:
 
     def chosen(self):
         """The plan the planner picks for this card and host (what a replica here would run)."""
-        from cluster.memory.planner import MemoryPlan, choose
-        from cluster.memory.sizes import architecture_sizes
+        from cluster.planning.memory.planner import MemoryPlan, choose
+        from cluster.planning.memory.sizes import architecture_sizes
 
         if self.tiny:
             return MemoryPlan("resident", reason="the tiny model fits anywhere")

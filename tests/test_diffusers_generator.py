@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.diffusers_generator import DiffusersGenerator
+from actors.core.diffusers_generator import DiffusersGenerator
 from cluster import env
 from cluster.errors import ImageGenError
-from cluster.png import decode, read_parameters
+from cluster.output.png import decode, read_parameters
 from cluster.work import CallOptions, ImageTask
 
 
@@ -44,7 +44,7 @@ def test_a_batch_gives_each_image_what_its_seed_gives_alone(tiny_sd):
                                                                         1: int(10 * 2**30 * 0.95)}}),
 ])
 def test_several_assigned_cards_share_the_pipelines_components(free, placement):
-    from actors.diffusers_generator import card_placement
+    from actors.core.diffusers_generator import card_placement
 
     assert card_placement(free) == placement
 
@@ -85,7 +85,7 @@ def test_a_replica_over_several_cards_builds_on_a_device_torch_knows(registry, m
     """The display name of a device-mapped replica ("cuda:0-1 (balanced)") is for reports only."""
     import torch
 
-    import actors.diffusers_generator as module
+    import actors.core.diffusers_generator as module
 
     pretend_cards(monkeypatch, cards)
     seen = {}
@@ -103,7 +103,7 @@ def test_a_replica_over_several_cards_builds_on_a_device_torch_knows(registry, m
 def test_bf16_on_a_card_without_it_computes_in_fp16_and_says_why(monkeypatch):
     import torch
 
-    from actors.diffusers_generator import compute_dtype
+    from actors.core.diffusers_generator import compute_dtype
 
     pretend_cards(monkeypatch, 1, bf16=False, capability=(7, 5))
     dtype, note = compute_dtype("bfloat16", True, torch)

@@ -80,8 +80,8 @@ def test_the_floor_counts_each_linear_over_the_tokens_it_sees():
     """FLUX.1-schnell at 1024x1024 with 512 text tokens: 7.4e13 FLOP a step (2.98e14 for 4 steps),
     not 2 x parameters x every token (which counted the modulation layers, 27% of the weights,
     once per token instead of once per image)."""
-    from actors.meta_count import transformer_flops
-    from cluster.memory.architectures import load_architecture
+    from actors.core.meta_count import transformer_flops
+    from cluster.planning.memory.architectures import load_architecture
 
     arch = load_architecture("flux1-schnell")
     step = transformer_flops(arch, 1024, 1024, 512)

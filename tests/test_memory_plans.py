@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from cluster.errors import ImageGenError
-from actors.meta_count import count_on_meta
-from cluster.memory.architectures import load_architecture
-from cluster.memory.planner import PLAN_NAMES, MemoryPlan, Need, candidates, choose
-from cluster.memory.sizes import architecture_sizes, safetensors_sizes, weights_sizes
+from actors.core.meta_count import count_on_meta
+from cluster.planning.memory.architectures import load_architecture
+from cluster.planning.memory.planner import PLAN_NAMES, MemoryPlan, Need, candidates, choose
+from cluster.planning.memory.sizes import architecture_sizes, safetensors_sizes, weights_sizes
 from models.hub_cli import hub_command
 from models.registry import MemoryPlanName
 
@@ -78,7 +78,7 @@ def test_flux_schnell_on_every_card(card, host, batch, label, footprint):
 
 
 def test_fp8_saves_a_byte_per_cast_parameter_and_offload_keeps_weights_in_host_ram():
-    from cluster.memory.planner import weights_gb
+    from cluster.planning.memory.planner import weights_gb
 
     sizes = architecture_sizes("flux1-schnell")
     need = Need(80, 64, 1)
@@ -96,8 +96,8 @@ def test_fp8_saves_a_byte_per_cast_parameter_and_offload_keeps_weights_in_host_r
 
 
 def test_a_forced_plan_that_does_not_fit_names_every_plan():
-    from cluster.memory.replica_plan import plan_replica
-    from cluster.placement import NodeCapacity
+    from cluster.planning.memory.replica_plan import plan_replica
+    from cluster.planning.placement import NodeCapacity
     from models.registry import ModelSpec
 
     spec = ModelSpec(id="flux", backend="custom", factory="m:f", architecture="flux1-schnell", memory_plan="resident",
@@ -130,7 +130,7 @@ def test_sizes_from_safetensors_headers(tiny_models):
 # --- plans carried out on tiny-flux, on the CPU -------------------------------------------------
 
 def make_generator(registry, plan: MemoryPlan):
-    from actors.diffusers_generator import DiffusersGenerator
+    from actors.core.diffusers_generator import DiffusersGenerator
     from cluster import env
 
     return DiffusersGenerator(registry.get("tiny-flux"), env.cache_dir(), "tiny-flux-plan", memory_plan=plan)
@@ -143,7 +143,7 @@ def task(index: int, seed: int, prompt: str = "a lighthouse at dusk"):
 
 
 def pixels(image) -> np.ndarray:
-    from cluster.png import decode
+    from cluster.output.png import decode
 
     return np.asarray(decode(image.png), dtype=float)
 
@@ -234,9 +234,9 @@ def test_each_prompt_is_encoded_once_per_replica(tiny_models, registry):
     made = [image for call in calls for image in generator.generate(call)]
     assert len(made) == 10 and generator.text_encodes == 2 and len(t5_forwards) == 2
     # what the cache holds is what the planner counts on the card for it
-    from cluster.memory.architectures import Activations
-    from cluster.memory.planner import PROMPT_CACHE_ENTRIES, prompt_cache_gb
-    from cluster.memory.sizes import ModelSizes
+    from cluster.planning.memory.architectures import Activations
+    from cluster.planning.memory.planner import PROMPT_CACHE_ENTRIES, prompt_cache_gb
+    from cluster.planning.memory.sizes import ModelSizes
 
     held = sum(t.numel() * t.element_size() for entry in generator._embeddings.values() for t in entry)
     t5 = generator.pipe.text_encoder_2.config
@@ -268,7 +268,7 @@ def flux_sized(tmp_path, **fields):
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_flux_sized_model_places_on_a_24_gb_card_with_a_non_resident_plan(tmp_path):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
     from tests.helpers import make_request, quick_limits, read_json
 
     registry = flux_sized(tmp_path)
@@ -284,7 +284,7 @@ def test_a_flux_sized_model_places_on_a_24_gb_card_with_a_non_resident_plan(tmp_
 
 @pytest.mark.usefixtures("ray_session")
 def test_resident_forced_on_a_24_gb_card_is_img_010_naming_the_plans_that_fit(tmp_path):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
     from tests.helpers import make_request, quick_limits
 
     registry = flux_sized(tmp_path)
@@ -302,7 +302,7 @@ def test_two_12_gb_footprints_share_one_24_gb_card(tmp_path):
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
     from tests.helpers import make_request, quick_limits, read_json, scripted_registry
 
     other_card = placement_group([{"GPU": 1, "gpu_memory_gb": 24}])  # another job holds one card
@@ -325,7 +325,7 @@ def test_two_12_gb_footprints_share_one_24_gb_card(tmp_path):
 # --- dry run ------------------------------------------------------------------------------------
 
 def dry(capsys, *args: str) -> tuple[int, dict]:
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     code = main(["generate", "--image-prompt", "a lighthouse", "--folder-name", "never", "--dry-run", "--json", *args])
     return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -358,7 +358,7 @@ def test_dry_run_on_a_card_too_small_exits_1_with_every_plan(tmp_path, capsys):
 @pytest.mark.parametrize("args, code", [(["--card-memory", "-3"], "IMG_028"), (["--memory-plan", "swap"], "IMG_028"),
                                         (["--host-memory", "16"], "IMG_011")])
 def test_dry_run_input_errors(capsys, args, code):
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     status = main(["generate", "--image-prompt", "a lighthouse", "--folder-name", "never", "--models", "tiny-flux",
                    "--dry-run", *args])
@@ -369,7 +369,7 @@ def test_dry_run_input_errors(capsys, args, code):
 
 def tiny_architecture():
     """FLUX.1's components with tiny-flux's shapes (real vocabularies), as an architecture file gives them."""
-    from cluster.memory.architectures import Architecture
+    from cluster.planning.memory.architectures import Architecture
 
     flux = load_architecture("flux1-schnell")
     configs = {
@@ -396,8 +396,8 @@ def test_a_random_weight_architecture_is_cast_on_meta_and_made_layer_by_layer():
     transformer beside T5 (23+ GiB on a 24 GiB card)."""
     import torch
 
-    from actors.memory_apply import cast_to_fp8
-    from actors.meta_count import count_on_meta
+    from actors.core.memory_apply import cast_to_fp8
+    from actors.core.meta_count import count_on_meta
     from models.real_size import build_arch_pipeline
 
     arch = tiny_architecture()

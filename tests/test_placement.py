@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import ImageGenError
-from cluster.placement import (
+from cluster.planning.placement import (
     GPU_MEMORY_RESOURCE,
     NodeCapacity,
     check_placeable,
@@ -58,7 +58,7 @@ def test_gpu_share_table(declared, memory, card, share):
 
 
 def test_a_one_gpu_model_and_the_scorer_share_one_card_when_their_memory_fits():
-    from cluster.scoring import ActorScorer
+    from cluster.engine.scoring import ActorScorer
     from models.scorers import load_scoring
 
     card = [node("a", gpus=1, card_gb=24)]
@@ -129,7 +129,7 @@ def test_replica_count_from_images_max_parallel_and_free_gpus():
 
 def test_fewer_replicas_than_asked_names_the_resource_that_ran_out():
     """Four logical 24 GiB cards whose host RAM holds two FLUX replicas' plans: two, and why."""
-    from cluster.placement import replica_capacity
+    from cluster.planning.placement import replica_capacity
 
     four_cards = [NodeCapacity("a", "a", 16, 4, 96, 60 * 2**30)]
     flux = spec(gpus=1, gpu_memory_gb=23.4, max_batch_size=4)
@@ -144,9 +144,9 @@ def test_fewer_replicas_than_asked_names_the_resource_that_ran_out():
 
 
 def test_a_replica_reserves_its_plans_host_memory_beside_its_images():
-    from cluster.limits import load_limits
-    from cluster.memory.planner import MemoryPlan
-    from cluster.placement import host_bytes
+    from cluster.planning.limits import load_limits
+    from cluster.planning.memory.planner import MemoryPlan
+    from cluster.planning.placement import host_bytes
 
     limits = load_limits()
     plan = MemoryPlan("group-offload", host_gb=38.0, batch=2)

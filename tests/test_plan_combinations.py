@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cluster.errors import ImageGenError
-from cluster.memory.planner import MemoryPlan
+from cluster.planning.memory.planner import MemoryPlan
 from models.registry import SpeedOptions
 
 PLANS = {
@@ -45,7 +45,7 @@ def tasks(batch: int, size: int, seed: int = 0):
 
 
 def assert_real_images(images, batch: int, size: int):
-    from cluster.png import decode
+    from cluster.output.png import decode
 
     assert len(images) == batch
     for image in images:
@@ -56,7 +56,7 @@ def assert_real_images(images, batch: int, size: int):
 @pytest.fixture
 def no_loading(monkeypatch):
     """Loading weights fails the test: a refusal must come before it."""
-    import actors.diffusers_generator as generator_module
+    import actors.core.diffusers_generator as generator_module
 
     def loaded(*args, **kwargs):
         raise AssertionError("weights were loaded before the combination was refused")
@@ -68,7 +68,7 @@ def no_loading(monkeypatch):
     pytest.param(*c, marks=pytest.mark.slow) if c in SLOW else c for c in COMBINATIONS])
 def test_each_plan_and_speed_combination_makes_images_or_is_refused_before_loading(
         tiny_models, registry, request, plan, compile_option, cache):
-    from actors.diffusers_generator import DiffusersGenerator
+    from actors.core.diffusers_generator import DiffusersGenerator
     from cluster import env
 
     spec = spec_with(registry, compile_option, cache)
@@ -90,7 +90,7 @@ def test_each_plan_and_speed_combination_makes_images_or_is_refused_before_loadi
 
 
 def test_compile_under_auto_is_skipped_with_its_reason_under_plans_it_cannot_trace(tiny_models, registry):
-    from actors.diffusers_generator import DiffusersGenerator
+    from actors.core.diffusers_generator import DiffusersGenerator
     from cluster import env
 
     spec = registry.get("tiny-flux")  # compile: auto
@@ -101,8 +101,8 @@ def test_compile_under_auto_is_skipped_with_its_reason_under_plans_it_cannot_tra
 
 def test_the_driver_refuses_the_conflict_when_it_plans_the_replica(registry):
     """Refused at planning, before any actor exists: a forced fp8-storage plan with compile: on."""
-    from cluster.memory.replica_plan import plan_replica
-    from cluster.placement import NodeCapacity
+    from cluster.planning.memory.replica_plan import plan_replica
+    from cluster.planning.placement import NodeCapacity
 
     spec = spec_with(registry, "on", "none")
     cpu_node = [NodeCapacity("n1", "127.0.0.1", cpus=4, gpus=0, gpu_memory_gb=0, memory_bytes=16 * 2**30)]
@@ -118,8 +118,8 @@ def test_a_compiled_warm_replica_serves_shape_after_shape_past_the_recompile_lim
     of the blocks' shared code): with fullgraph=True, a hit limit used to fail the call."""
     import torch._dynamo
 
-    import actors.speed as speed
-    from actors.diffusers_generator import DiffusersGenerator
+    import actors.core.speed as speed
+    from actors.core.diffusers_generator import DiffusersGenerator
     from cluster import env
 
     monkeypatch.setattr(speed, "COMPILED_SHAPES", 5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cluster.gallery import render_gallery
-from cluster.writer import write_run
+from cluster.output.gallery import render_gallery
+from cluster.output.writer import write_run
 from tests.helpers import generated, make_request, outcome_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,8 +54,8 @@ def test_the_output_layout_lists_every_file_a_run_writes(registry, tmp_path):
 
 
 def test_the_memory_plan_table_is_the_planners_at_the_batch_it_states():
-    from cluster.memory.planner import Need, choose
-    from cluster.memory.sizes import architecture_sizes
+    from cluster.planning.memory.planner import Need, choose
+    from cluster.planning.memory.sizes import architecture_sizes
 
     text = readme_section("Real models on your GPU")
     assert "**batch 1**" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.replica_choice import Timing, choose_replicas
+from cluster.engine.replica_choice import Timing, choose_replicas
 
 # (images, plan batch, replicas placeable, warm, timing) -> (replicas, batch)
 TABLE = [
@@ -36,7 +36,7 @@ def test_replicas_by_makespan(images, batch, capacity, warm, timing, expected):
 def test_a_run_spreads_a_batching_model_over_idle_cards_and_says_why(tmp_path):
     """A plan holding 4 images per call used to take one replica for 4 images (one call of 4 on
     one card, four images' time) while the other card sat idle."""
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
     from tests.helpers import make_request, quick_limits, scripted_registry
 
     registry = scripted_registry(tmp_path, {"gpu": {"gpus": 1, "gpu_memory_gb": 20, "max_batch_size": 4,

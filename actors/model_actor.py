@@ -29,6 +29,9 @@ from cluster.work import CallOptions, FailedImage, GeneratedImage, ImageTask, Re
 from models.registry import ModelSpec
 
 CONTROL = "control"
+# The resident registry's actor name (cluster.engine.resident creates it under this name): a
+# retiring replica asks it, by name, to release the replica.
+REGISTRY_NAME = "resident-registry"
 
 
 class RequestWindow:
@@ -190,8 +193,6 @@ class ModelWorker:
     def _retire(self) -> None:
         # The registry kills this replica without restart and then removes its placement group:
         # removing the group first would leave a detached, restartable actor "restarting" forever.
-        from cluster.engine.resident import REGISTRY_NAME
-
         context = ray.get_runtime_context()
         name = context.get_actor_name()
         try:

@@ -110,7 +110,7 @@ def test_a_resumed_run_is_priced_for_the_images_it_has_still_to_make(vertex, tmp
 
     from cluster.observability.history import History
     from cluster.planning.planner import make_plan
-    from cluster.pipeline.run import _budget
+    from cluster.pipeline.stages.budget import budget_plan as _budget
 
     # 4 images at $0.02 against $0.05: over as planned, within once 2 are journaled
     request = make_request(registry, tmp_path, models="imagen4-fast", image_count=4, seed=1, budget_usd="0.05",
@@ -134,7 +134,8 @@ def test_local_images_within_their_plans_own_estimate_are_all_made(tmp_path, reg
     import math
 
     from cluster.observability.history import History
-    from cluster.pipeline.run import run_generation, runs_on_cpu
+    from cluster.pipeline.run import run_generation
+    from cluster.pipeline.stages.budget import runs_on_cpu
 
     config = load_costs()
     request = make_request(registry, tmp_path, models="tiny-flux", image_count=4, scorer="none")

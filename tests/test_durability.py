@@ -209,7 +209,7 @@ def test_no_resume_starts_afresh_and_a_different_request_starts_clean(tmp_path):
 
 def _key_of(registry, tmp_path) -> str:
     from cluster.output.durability.journal import request_key
-    from cluster.pipeline.run import _journal_key_fields
+    from cluster.pipeline.stages.preflight import journal_key_fields as _journal_key_fields
     from tests.helpers import make_request
 
     request = make_request(registry, tmp_path, models="local", image_count=3, seed=7)

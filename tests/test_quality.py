@@ -289,7 +289,7 @@ def test_missing_clip_weights_fall_back_with_the_reason():
 
 @pytest.mark.usefixtures("ray_session")
 def test_the_scorer_actor_scores_a_batch(tiny_scorer):
-    from cluster.planning.placement import cluster_nodes
+    from cluster.engine.nodes import cluster_nodes
 
     scorer = ActorScorer(load_scoring().get("tiny-clip"), cluster_nodes())
     try:
@@ -369,7 +369,7 @@ def test_the_comparison_names_the_best_and_the_most_consistent_model(registry, t
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_scorer_lost_mid_run_falls_back_and_says_why():
-    from cluster.planning.placement import cluster_nodes
+    from cluster.engine.nodes import cluster_nodes
 
     scorer = ActorScorer(load_scoring().get("tiny-clip"), cluster_nodes())
     assert scorer.describe()["name"] == "tiny-clip"  # loaded

@@ -8,7 +8,8 @@ import time
 import pytest
 import ray
 
-from cluster.planning.placement import GPU_MEMORY_RESOURCE, cluster_nodes
+from cluster.engine.nodes import cluster_nodes
+from cluster.planning.placement import GPU_MEMORY_RESOURCE
 from cluster.engine.scoring import ActorScorer, WeightFreeScorer, make_scorer
 from models.scorers import load_scoring
 from tests.helpers import generated, make_request, quick_limits, read_json, scripted_registry

@@ -10,7 +10,7 @@ from cluster.output import writer as writer_module
 from cluster.output.github_output import OUTPUT_NAMES, format_outputs, parse_outputs
 from cluster.output.png import read_parameters
 from cluster.planning.request import parse_request
-from cluster.pipeline.run import step_outputs
+from cluster.pipeline.stages.publish import step_outputs
 from cluster.work import Attempt, FailedImage, ImageTask
 from cluster.output.writer import write_run
 from tests.helpers import generated, outcome_for, read_json

@@ -16,13 +16,12 @@ import json
 from pathlib import Path
 
 from cluster.errors import ImageGenError
-from cluster.planning.memory.planner import FP8_MIN_PARAMS, MemoryPlan
+from cluster.planning.memory.planner import FP8_MIN_PARAMS, NEEDS_CUDA, MemoryPlan
 from cluster.planning.memory.sizes import role_of, safetensors_sizes
 
 # A tiled decode works on tiles this large (pixels per side), whatever the VAE's own default
 # (FLUX's is 1024, so it would not tile a 1024x1024 image at all).
 VAE_TILE = 512
-NEEDS_CUDA = ("model-offload", "sequential-offload")
 
 
 def fp8_components(location: Path) -> list[tuple[str, str, str]]:

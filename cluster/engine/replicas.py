@@ -19,13 +19,12 @@ from cluster.observability.events import Events
 from cluster.planning.limits import Limits
 from cluster.planning.feasibility import batch_cap, checked_plan, replica_fit
 from cluster.planning.memory.planner import MemoryPlan
+from cluster.engine.nodes import available_by_node, cluster_nodes
 from cluster.engine.replica_choice import Timing, choose_replicas
 from cluster.planning.placement import (
     GPU_MEMORY_RESOURCE,
     fmt_bundle,
     NodeCapacity,
-    available_by_node,
-    cluster_nodes,
     describe,
     replica_bundle,
     replica_capacity,
@@ -271,14 +270,15 @@ class ReplicaPool:
         """The model's warm replicas, from the cluster's ResidentRegistry (made there if none is alive)."""
         import ray
 
-        from cluster.engine.resident import actor_handle, registry_actor
+        from cluster.engine.resident import ReplicaOrder, actor_handle, registry_actor
 
         options, concurrency = self._actor_options(spec, bundle)
         timeout = self.limits.scheduler.placement_timeout
         try:
-            answer = ray.get(registry_actor().ensure_model.remote(
-                spec, count, bundle, options, str(env.cache_dir()), _credentials(spec), self.keep_alive_s,
-                self.limits.scheduler.rate_window_seconds, timeout, batch, plan), timeout=timeout * (count + 1) + 30)
+            order = ReplicaOrder(spec, bundle, options, str(env.cache_dir()), _credentials(spec), self.keep_alive_s,
+                                 self.limits.scheduler.rate_window_seconds, batch, plan)
+            answer = ray.get(registry_actor().ensure_model.remote(order, count, timeout),
+                             timeout=timeout * (count + 1) + 30)
             actors = {name: actor_handle(name) for name in answer["names"]}
         except Exception as exc:  # noqa: BLE001 - the registry unreachable or failing: this model cannot run
             error = ImageGenError("IMG_010", f"model {spec.id!r}: the warm cluster could not provide a replica: "

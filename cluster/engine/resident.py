@@ -14,14 +14,15 @@ import functools
 
 import hashlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 
+from actors.model_actor import REGISTRY_NAME
 from models.registry import ModelSpec
 from models.scorers import ScorerSpec
 
-REGISTRY_NAME = "resident-registry"
 # Seconds a registry call that places nothing may take (it serves one call at a time).
 REGISTRY_TIMEOUT = 60.0
 # Releasing waits up to 10 s for each replica's name to come free.
@@ -38,6 +39,21 @@ def model_prefix(spec: ModelSpec) -> str:
 
 
 GROUP_PREFIX = "model/"
+
+
+@dataclass(frozen=True)
+class ReplicaOrder:
+    """What the registry makes a model's resident replicas with (sent to it, so picklable)."""
+
+    spec: ModelSpec
+    bundle: dict[str, float]  # each replica's placement-group bundle
+    options: dict[str, Any]  # the actor's Ray options (restarts, concurrency, custom resources)
+    cache_root: str
+    credentials: Any  # a remote model's, passed so nodes without the key in their environment work
+    keep_alive_s: float | None  # idle seconds before a replica retires (the cluster's own setting wins)
+    rate_window_s: float
+    batch: int = 1  # images per call the bundle reserves GPU memory for
+    plan: Any = None  # the memory plan (cluster.planning.memory.planner.MemoryPlan)
 
 
 def project_groups() -> dict[str, dict]:
@@ -116,27 +132,27 @@ class ResidentRegistry:
             removed.append(name)
         return removed
 
-    def ensure_model(self, spec: ModelSpec, count: int, bundle: dict[str, float], options: dict[str, Any],
-                     cache_root: str, credentials, keep_alive_s: float | None, rate_window_s: float,
-                     placement_timeout: float, batch: int = 1, plan=None) -> dict:
-        """The model's live resident replicas as they are; when none is alive, new ones: as many as
-        the cluster was brought up with for this model, else `count`. (A warm cluster's size is what
-        `cluster up --replicas` made it: runs share it rather than grow it.)
+    def ensure_model(self, order: ReplicaOrder, count: int, placement_timeout: float) -> dict:
+        """The model's live resident replicas as they are; when none is alive, new ones made as
+        `order` says: as many as the cluster was brought up with for this model, else `count`. (A warm
+        cluster's size is what `cluster up --replicas` made it: runs share it rather than grow it.)
         Returns {"names", "created", "batch", "error"}; `batch`: images per call the replicas'
         groups reserved GPU memory for."""
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from actors.model_actor import ModelActor
+        from cluster.engine.nodes import available_by_node
         from cluster.planning.placement import fmt_bundle, missing_resources
 
+        spec, bundle, batch, plan = order.spec, order.bundle, order.batch, order.plan
         self.sweep()
         prefix = model_prefix(spec)
         names = [n for n in sorted(self.meta) if n.startswith(prefix)]
         if names:
             return {"names": names, "created": [], "error": None,
                     "batch": min(self.meta[n].get("batch", 1) for n in names)}
-        keep_alive_s = self.settings["keep_alive_s"] or keep_alive_s
+        keep_alive_s = self.settings["keep_alive_s"] or order.keep_alive_s
         count = self.settings["replicas"].get(spec.id, count)
         created, error = [], None
         index = 0
@@ -148,14 +164,14 @@ class ResidentRegistry:
             if not group.wait(timeout_seconds=placement_timeout):
                 remove_placement_group(group)
                 error = (f"no room for another replica of {spec.id} within {placement_timeout:g}s: each holds "
-                         f"{fmt_bundle(bundle)}, and {missing_resources(bundle)} ran out")
+                         f"{fmt_bundle(bundle)}, and {missing_resources(bundle, available_by_node() or {})} ran out")
                 break
             ModelActor.options(
                 name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=group,
                                                                      placement_group_bundle_index=0),
-                **options,
-            ).remote(spec, f"{spec.id}-{index}", cache_root, credentials, keep_alive_s, rate_window_s,
+                **order.options,
+            ).remote(spec, f"{spec.id}-{index}", order.cache_root, order.credentials, keep_alive_s, order.rate_window_s,
                      bundle.get("gpu_memory_gb"), plan)
             self.meta[name] = {"kind": "model", "model": spec.id, "key": spec_key(spec), "created": time.time(),
                                "keep_alive_s": keep_alive_s, "bundle": bundle, "batch": batch,

@@ -72,37 +72,39 @@ class ScheduleResult:
     max_in_flight: int = 0
 
 
+@dataclass
+class SchedulerOptions:
+    """What a run gives its scheduler besides the work and its limits; every field may be left out."""
+
+    events: Events = field(default_factory=Events)
+    stop: threading.Event = field(default_factory=threading.Event)  # set: nothing new starts
+    planned: dict[str, int] = field(default_factory=dict)  # images each model is to make (replica counts)
+    budget: BudgetTracker | None = None  # --budget-usd: calls that would cross it do not start
+    # an image's score as it arrives (the sequential strategy steers its prompts by it)
+    score: Callable[[GeneratedImage], float | None] | None = None
+    # the task for an image moving to another model (its prompt, size and steps there)
+    resolve_fallback: Callable[[ImageTask, str], ImageTask] | None = None
+    # called once, when the first tasks' models hold their placement groups (the run starts its
+    # scorer then, so the scorer never takes a card before them)
+    after_placement: Callable[[], None] | None = None
+    on_image: Callable[[GeneratedImage], None] | None = None  # each finished image (the run journals it)
+    clock: Callable[[], float] = time.monotonic
+
+
 class Scheduler:
-    def __init__(
-        self,
-        pool: ReplicaPool,
-        specs: dict[str, ModelSpec],
-        limits: Limits,
-        max_parallel: int,
-        retry: RetryPolicy,
-        events: Events | None = None,
-        score: Callable[[GeneratedImage], float | None] | None = None,
-        resolve_fallback: Callable[[ImageTask, str], ImageTask] | None = None,
-        stop: threading.Event | None = None,
-        planned: dict[str, int] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        after_placement: Callable[[], None] | None = None,
-        on_image: Callable[[GeneratedImage], None] | None = None,
-        budget: BudgetTracker | None = None,
-    ):
-        """`after_placement`: called once, when the first tasks' models hold their placement
-        groups (the run starts its scorer then, so the scorer never takes a card before them).
-        `on_image`: called with each finished image as it arrives (the run journals it to disk)."""
+    def __init__(self, pool: ReplicaPool, specs: dict[str, ModelSpec], limits: Limits, max_parallel: int,
+                 retry: RetryPolicy, options: SchedulerOptions | None = None):
+        options = options or SchedulerOptions()
         self.pool = pool
         self.specs = specs
         self.limits = limits
         self.max_parallel = max_parallel
         self.retry = retry
-        self.events = events or Events()
-        self.score = score
-        self.resolve_fallback = resolve_fallback
-        self.stop = stop or threading.Event()
-        self.clock = clock
+        self.events = options.events
+        self.score = options.score
+        self.resolve_fallback = options.resolve_fallback
+        self.stop = options.stop
+        self.clock = options.clock
         self.gates: dict[str, ModelGate] = {}
         self.queues: dict[str, list[TaskState]] = {}
         self.calls: dict[Any, Call] = {}
@@ -116,10 +118,10 @@ class Scheduler:
         self._done: set[int] = set()
         self._calls_started: dict[str, int] = {}
         self._source: StaticSource | SequentialSource | None = None
-        self.planned = dict(planned or {})
-        self._after_placement = after_placement
-        self._on_image = on_image
-        self.budget = budget
+        self.planned = dict(options.planned)
+        self._after_placement = options.after_placement
+        self._on_image = options.on_image
+        self.budget = options.budget
 
     # --- entry point ----------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""The translation stage of a run: before generation, the prompt is detected and, for the models
-whose text encoders do not read its language, translated once by a translator actor.
+"""Translation on Ray, for the run's translate stage (cluster.pipeline.stages.translate): the prompt
+is detected and, for the models whose text encoders do not read its language, translated once by a
+translator actor (kept warm like the model replicas).
 
 A missing translator (weights absent, no credentials) or a failed translation is a warning with
 its reason, and the original prompt passes through; `--translate required` makes either an

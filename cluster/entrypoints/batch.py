@@ -28,6 +28,9 @@ import yaml
 
 from cluster.errors import ImageGenError
 from cluster.observability.events import Events
+from cluster.observability.history import History
+from cluster.pipeline.context import RunContext
+from cluster.pipeline.run import run_request
 from cluster.planning.limits import Limits
 from cluster.planning.request import GenerationRequest, parse_request
 from models.registry import Registry
@@ -166,82 +169,103 @@ def finished_report(request: GenerationRequest) -> dict | None:
 
 
 def run_batch(entries: list[Entry], registry: Registry, limits: Limits, *, events: Events,
-              stop: threading.Event | None = None, entries_at_once: int = 2, resident: bool = True,
-              run=None, budget_usd: float | None = None) -> list[EntryResult]:
+              stop: threading.Event | None = None, entries_at_once: int = 2, budget_usd: float | None = None,
+              history: History | None = None) -> list[EntryResult]:
     """Run every valid, unfinished entry; results in manifest order. `budget_usd`: the whole
     manifest's budget: each entry gets what is left (or its own budget-usd, whichever is less), and
     an entry that would start with nothing left is skipped."""
-    from cluster.pipeline.run import run_generation
-
-    run = run or run_generation
     stop = stop or threading.Event()
+    # one context for every entry, on the cluster's warm replicas; each entry's events say its id
+    context = RunContext(registry, limits, events=events, stop=stop, history=history or History(), resident=True)
     results: dict[str, EntryResult] = {}
-    todo: list[Entry] = []
-    for entry in entries:
-        if entry.error is not None:
-            results[entry.id] = EntryResult(entry.id, "invalid", entry.error.exit_status, codes=[entry.error.code],
-                                            message=entry.error.message)
-            events.emit("entry_invalid", entry=entry.id, code=entry.error.code, message=entry.error.message)
-            continue
-        report = finished_report(entry.request)
-        if report is not None:
-            summary = report["generation_summary"]
-            results[entry.id] = EntryResult(entry.id, "skipped", 0, images=summary["successful_generations"],
-                                            seconds=summary["total_time_seconds"], cost_usd=report.get("cost_usd", 0.0),
-                                            folder=str(entry.request.folder_name), message="already complete")
-            events.emit("entry_skipped", entry=entry.id, folder=str(entry.request.folder_name))
-            continue
-        todo.append(entry)
+    todo = [entry for entry in entries if not _settled(entry, events, results)]
     events.emit("batch_started", entries=len(entries), to_run=len(todo), skipped=len(entries) - len(todo))
-
-    spent, reserved = [0.0], [0.0]  # running entries hold their budgets until they report what they spent
-    spending = threading.Lock()
+    spending = _Spending(budget_usd)
 
     def one(entry: Entry) -> EntryResult:
-        if stop.is_set():
-            return EntryResult(entry.id, "interrupted", 130, folder=str(entry.request.folder_name),
-                               message="not started: the batch was interrupted")
-        request = entry.request
-        held = 0.0
-        if budget_usd is not None:
-            with spending:
-                left = budget_usd - spent[0] - reserved[0]
-                held = min(request.budget_usd if request.budget_usd is not None else left, left)
-                if held > 1e-9:
-                    reserved[0] += held
-            if held <= 1e-9:
-                events.emit("entry_skipped", entry=entry.id, reason="budget")
-                return EntryResult(entry.id, "skipped_budget", 1, codes=["IMG_029"], folder=str(request.folder_name),
-                                   message=f"not started: the manifest's budget (${budget_usd:g}) is spent")
-            request = request.model_copy(update={"budget_usd": held})
-        tagged = Events(*[(lambda event, sink=sink: sink({**event, "entry": entry.id})) for sink in events.sinks])
-        started = time.monotonic()
-        events.emit("entry_started", entry=entry.id)
-        try:
-            result = run(request, registry, limits, events=tagged, stop=stop, resident=resident)
-        except ImageGenError as exc:  # preflight: disk, credentials, missing weights
-            with spending:
-                reserved[0] -= held
-            events.emit("entry_finished", entry=entry.id, status="failed", code=exc.code)
-            return EntryResult(entry.id, "failed", exc.exit_status, seconds=time.monotonic() - started,
-                               codes=[exc.code], folder=str(entry.request.folder_name), message=exc.message)
-        outcome = result.outcome
-        with spending:
-            reserved[0] -= held
-            spent[0] += sum(outcome.costs.values())
-        codes = sorted({f.code for f in outcome.failures} | ({outcome.error.code} if outcome.error else set()))
-        status = "interrupted" if outcome.stopped == "interrupted" else outcome.status
-        events.emit("entry_finished", entry=entry.id, status=status, images=len(outcome.images))
-        return EntryResult(entry.id, status, result.exit_code, images=len(outcome.images),
-                           failed=len(outcome.failures), seconds=outcome.total_seconds,
-                           cost_usd=sum(outcome.costs.values()), codes=codes, folder=str(entry.request.folder_name),
-                           message=outcome.error.message if outcome.error else "")
+        return _run_entry(entry, context, spending)
 
     with ThreadPoolExecutor(max_workers=max(1, entries_at_once), thread_name_prefix="batch") as pool:
         for entry, result in zip(todo, pool.map(one, todo)):
             results[entry.id] = result
     events.emit("batch_finished", ok=sum(r.ok for r in results.values()), total=len(results))
     return [results[e.id] for e in entries]
+
+
+def _settled(entry: Entry, events: Events, results: dict[str, EntryResult]) -> bool:
+    """An invalid entry, or one whose folder holds its finished report: its result, and nothing to run."""
+    if entry.error is not None:
+        results[entry.id] = EntryResult(entry.id, "invalid", entry.error.exit_status, codes=[entry.error.code],
+                                        message=entry.error.message)
+        events.emit("entry_invalid", entry=entry.id, code=entry.error.code, message=entry.error.message)
+        return True
+    report = finished_report(entry.request)
+    if report is None:
+        return False
+    summary = report["generation_summary"]
+    results[entry.id] = EntryResult(entry.id, "skipped", 0, images=summary["successful_generations"],
+                                    seconds=summary["total_time_seconds"], cost_usd=report.get("cost_usd", 0.0),
+                                    folder=str(entry.request.folder_name), message="already complete")
+    events.emit("entry_skipped", entry=entry.id, folder=str(entry.request.folder_name))
+    return True
+
+
+class _Spending:
+    """The manifest's budget across entries running at once: each holds its share until it reports
+    what it spent."""
+
+    def __init__(self, budget_usd: float | None):
+        self.budget_usd = budget_usd
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.lock = threading.Lock()
+
+    def hold(self, wanted: float | None) -> float:
+        """What an entry may spend (its own budget, at most what is left); <= 1e-9: nothing is left."""
+        with self.lock:
+            left = self.budget_usd - self.spent - self.reserved
+            held = min(wanted if wanted is not None else left, left)
+            if held > 1e-9:
+                self.reserved += held
+            return held
+
+    def settle(self, held: float, spent: float) -> None:
+        with self.lock:
+            self.reserved -= held
+            self.spent += spent
+
+
+def _run_entry(entry: Entry, context: RunContext, spending: _Spending) -> EntryResult:
+    events, request, folder = context.events, entry.request, str(entry.request.folder_name)
+    if context.stop.is_set():
+        return EntryResult(entry.id, "interrupted", 130, folder=folder, message="not started: the batch was interrupted")
+    held = 0.0
+    if spending.budget_usd is not None:
+        held = spending.hold(request.budget_usd)
+        if held <= 1e-9:
+            events.emit("entry_skipped", entry=entry.id, reason="budget")
+            return EntryResult(entry.id, "skipped_budget", 1, codes=["IMG_029"], folder=folder,
+                               message=f"not started: the manifest's budget (${spending.budget_usd:g}) is spent")
+        request = request.model_copy(update={"budget_usd": held})
+    tagged = Events(*[(lambda event, sink=sink: sink({**event, "entry": entry.id})) for sink in events.sinks])
+    started = time.monotonic()
+    events.emit("entry_started", entry=entry.id)
+    try:
+        result = run_request(request, context.for_run(events=tagged))
+    except ImageGenError as exc:  # preflight: disk, credentials, missing weights
+        spending.settle(held, 0.0)
+        events.emit("entry_finished", entry=entry.id, status="failed", code=exc.code)
+        return EntryResult(entry.id, "failed", exc.exit_status, seconds=time.monotonic() - started,
+                           codes=[exc.code], folder=folder, message=exc.message)
+    outcome = result.outcome
+    spending.settle(held, sum(outcome.costs.values()))
+    codes = sorted({f.code for f in outcome.failures} | ({outcome.error.code} if outcome.error else set()))
+    status = "interrupted" if outcome.stopped == "interrupted" else outcome.status
+    events.emit("entry_finished", entry=entry.id, status=status, images=len(outcome.images))
+    return EntryResult(entry.id, status, result.exit_code, images=len(outcome.images),
+                       failed=len(outcome.failures), seconds=outcome.total_seconds,
+                       cost_usd=sum(outcome.costs.values()), codes=codes, folder=folder,
+                       message=outcome.error.message if outcome.error else "")
 
 
 def summary_table(results: list[EntryResult]) -> str:

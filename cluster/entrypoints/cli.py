@@ -63,7 +63,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="multi-image", description="Multi-image generation on a Ray cluster of local GPUs and Imagen.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_generate, _add_batch, _add_cluster, _add_serve, _add_history):
+        add(sub)
+    return parser
 
+
+def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="Generate images for one prompt.",
                          description="Generate images for one prompt into the design card's folder layout.")
     from cluster.planning.request import MAX_PARALLEL
@@ -94,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "machine's).")
     gen.set_defaults(handler=_generate)
 
+
+def _add_batch(sub) -> None:
     batch = sub.add_parser("batch", help="Run a manifest of requests on shared warm replicas (resumable).",
                            description="Run every request of a JSON Lines or YAML manifest. Finished entries are "
                                        "skipped on a rerun; a bad entry never stops the others.")
@@ -111,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--debug", action="store_true", help="Show Ray's logs and tracebacks.")
     batch.set_defaults(handler=_batch)
 
+
+def _add_cluster(sub) -> None:
     cluster = sub.add_parser("cluster", help="A warm cluster that keeps models resident across runs.")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", parser_class=_Parser)
     up = cluster_sub.add_parser("up", help="Start (or join) a Ray cluster and load models resident.")
@@ -133,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--stop", action="store_true", help="Also stop the Ray node on this machine (`ray stop`).")
     down.set_defaults(handler=_cluster_down)
 
+
+def _add_serve(sub) -> None:
     srv = sub.add_parser("serve", help="An OpenAI-compatible image API (Ray Serve) over the warm cluster.",
                          description="Serve POST /v1/images/generations, GET /v1/models, POST /v1/multi-image and "
                                      "GET /healthz on Ray Serve, with the same warm replicas as generate.")
@@ -165,12 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--history-db", default=None, metavar="FILE", help="Run history file.")
     srv.set_defaults(handler=_serve)
 
+
+def _add_history(sub) -> None:
     hist = sub.add_parser("history", help="Per-model summary of earlier runs.",
                           description="Per-model summary of earlier runs (most recent 50 runs per model).")
     hist.add_argument("--history-db", default=None, metavar="FILE", help="The history file (default as for generate).")
     hist.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     hist.set_defaults(handler=_history)
-    return parser
 
 
 def _positive_int(value: str, flag: str) -> int:
@@ -188,6 +200,7 @@ def _batch(args: argparse.Namespace) -> int:
 
     from cluster.entrypoints.batch import build_entries, run_batch, summary_table
     from cluster.observability.events import Events
+    from cluster.observability.history import History
     from cluster.planning.limits import load_limits
     from cluster.observability.progress import choose_sinks
     from cluster.engine.ray_runtime import RayRuntime
@@ -212,8 +225,7 @@ def _batch(args: argparse.Namespace) -> int:
         before = {e["name"] for e in ray.get(registry_actor().entries.remote(), timeout=REGISTRY_TIMEOUT)}
         try:
             results = run_batch(entries, registry, limits, events=events, stop=guard.stop, entries_at_once=at_once,
-                                budget_usd=budget,
-                                run=_with_history(args.history_db))
+                                budget_usd=budget, history=History(args.history_db))
         finally:
             if runtime.embedded:  # an embedded cluster's warm replicas end with the batch
                 created = [e["name"] for e in ray.get(registry_actor().entries.remote(), timeout=REGISTRY_TIMEOUT)
@@ -227,16 +239,6 @@ def _batch(args: argparse.Namespace) -> int:
     if guard.stop.is_set():
         return 130 if guard.signal != signal.SIGTERM else 143
     return 0 if all(r.ok for r in results) else 1
-
-
-def _with_history(path):
-    from cluster.observability.history import History
-    from cluster.pipeline.run import run_generation
-
-    def run(*args, **kwargs):
-        return run_generation(*args, history=History(path), **kwargs)
-
-    return run
 
 
 def _cluster_connect(address):
@@ -321,7 +323,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         model_ids = list(parse_models(args.models, registry))
     if args.upload_uri:
-        from cluster.output.uploader import parse_gcs_uri
+        from cluster.planning.request import parse_gcs_uri
 
         parse_gcs_uri(args.upload_uri)
     data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else env.cache_dir() / "serve"
@@ -434,7 +436,8 @@ def _generate(args: argparse.Namespace) -> int:
     from cluster.observability.history import History
     from cluster.planning.limits import load_limits
     from cluster.planning.request import parse_request
-    from cluster.pipeline.run import run_generation
+    from cluster.pipeline.context import RunContext
+    from cluster.pipeline.run import run_request
     from models.registry import load_registry
 
     missing = [flag for flag in REQUIRED_FLAGS if getattr(args, flag.lstrip("-").replace("-", "_")) is None]
@@ -460,8 +463,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     guard = RunGuard()
     with SignalWatch(guard), machine_stdout(args.json) as out:
-        result = run_generation(request, registry, limits, events=Events(*choose_sinks(args.json, out=out)),
-                                stop=guard.stop, history=History(args.history_db), guard=guard)
+        context = RunContext(registry, limits, events=Events(*choose_sinks(args.json, out=out)), stop=guard.stop,
+                             history=History(args.history_db), guard=guard)
+        result = run_request(request, context)
         if args.json:
             from cluster.entrypoints.summary import changes
 

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 
 from cluster.errors import ImageGenError
-from cluster.planning.feasibility import check_runnable, fit_on
+from cluster.planning.feasibility import fit_on
 from cluster.planning.limits import Limits
 from cluster.planning.memory.replica_plan import sizes_for
 from cluster.planning.placement import NodeCapacity, describe, uses_gpus
@@ -122,7 +122,7 @@ def _nodes(request: GenerationRequest, machine: Hypothetical | None) -> tuple[li
     from cluster.engine.ray_runtime import RayRuntime, find_running_cluster
 
     if request.address or find_running_cluster()[0] is not None:
-        from cluster.planning.placement import cluster_nodes
+        from cluster.engine.nodes import cluster_nodes
 
         with RayRuntime(request.address, request.debug) as runtime:
             return cluster_nodes(), f"the Ray cluster at {runtime.describe()['address']}"
@@ -131,21 +131,21 @@ def _nodes(request: GenerationRequest, machine: Hypothetical | None) -> tuple[li
 
 def _run_checks(request: GenerationRequest, registry: Registry, limits: Limits, plan, nodes: list[NodeCapacity],
                 history, judge_here: bool) -> dict | None:
-    """The run's own checks, in its order (cluster.pipeline.run.run_generation); raises the first that fails.
-    Returns the budget's degradation, which changes `plan` as it would change the run's."""
-    from cluster.planning.preflight import check_disk_space, check_folder_owned, estimate_bytes
-    from cluster.pipeline.run import _budget as budget_stage  # the run's own budget stage, not a copy
+    """The run's own checks, in its order and by its stages' functions (cluster.pipeline.run); raises
+    the first that fails. Returns the budget's degradation, which changes `plan` as it would the run's."""
+    from cluster.pipeline.stages.budget import budget_plan
+    from cluster.pipeline.stages.disk import check_room
+    from cluster.pipeline.stages.memory import check_fits
+    from cluster.planning.preflight import check_folder_owned
 
     check_folder_owned(request.folder_name)
     if judge_here:  # the run refuses a model whose weights or credentials are not here
         for spec in plan.specs.values():
             availability.check(spec).raise_if_missing()
-    _, degradation = budget_stage(request, registry, plan, history, None)
+    _, degradation = budget_plan(request, registry, plan, history, None)
     if judge_here:
-        check_disk_space(request.folder_name, estimate_bytes([t.width * t.height for t in plan.tasks]),
-                         limits.perf.disk_space_limit)
-    sizes = {t.model: (t.width, t.height) for t in reversed(plan.tasks)}
-    check_runnable(list(plan.specs.values()), nodes, sizes, request.memory_plan, limits.perf.memory_limit_per_image)
+        check_room(request, plan, limits)
+    check_fits(request, plan, nodes, limits)
     return degradation
 
 

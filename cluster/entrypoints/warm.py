@@ -20,7 +20,8 @@ from cluster import env
 from cluster.errors import ImageGenError
 from cluster.observability.events import Events
 from cluster.planning.limits import Limits
-from cluster.planning.placement import GPU_MEMORY_RESOURCE, cluster_nodes
+from cluster.engine.nodes import cluster_nodes
+from cluster.planning.placement import GPU_MEMORY_RESOURCE
 from cluster.engine.ray_runtime import (
     MIN_EMBEDDED_CPUS,
     NAMESPACE,

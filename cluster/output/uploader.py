@@ -8,7 +8,6 @@ STORAGE_EMULATOR_HOST (read in cluster.env) points the client at an emulator.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster import env
 from cluster.config_files import bundled_config, load_config
 from cluster.errors import ImageGenError
+from cluster.planning.request import parse_gcs_uri
 
 DEFAULT_OUTPUT_FILE = bundled_config("output.yaml")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 PUBLIC_HOST = "https://storage.googleapis.com"
 
 
@@ -39,17 +38,6 @@ class UploadConfig(BaseModel):
 
 def load_upload_config(path: str | Path | None = None) -> UploadConfig:
     return load_config(path, DEFAULT_OUTPUT_FILE, "output config", lambda raw: UploadConfig(**(raw.get("upload") or {})))
-
-
-def parse_gcs_uri(uri: str) -> tuple[str, str]:
-    """'gs://bucket/some/prefix/' -> ('bucket', 'some/prefix'); IMG_026 for anything else."""
-    match = re.match(r"^gs://([^/]+)/?(.*)$", uri.strip())
-    if not match or not _BUCKET.match(match.group(1)):
-        raise ImageGenError("IMG_026", f"--upload-uri {uri!r} is not gs://BUCKET[/PREFIX] with a valid bucket name.")
-    prefix = match.group(2).rstrip("/")
-    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-        raise ImageGenError("IMG_026", f"--upload-uri {uri!r} has an empty, '.' or '..' path segment.")
-    return match.group(1), prefix
 
 
 def public_url(bucket: str, name: str) -> str:

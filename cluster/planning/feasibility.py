@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cluster.errors import ImageGenError
-from cluster.planning.memory.planner import HOST_MARGIN_GB, MemoryPlan, weights_gb
+from cluster.planning.memory.planner import HOST_MARGIN_GB, NEEDS_CUDA, MemoryPlan, weights_gb
 from cluster.planning.memory.replica_plan import plan_replica, sizes_for
 from cluster.planning.placement import NodeCapacity, check_placeable, describe, host_bytes, replica_bundle, uses_gpus
 from models.registry import ModelSpec
@@ -77,8 +77,6 @@ def check_runnable(specs: list[ModelSpec], nodes: list[NodeCapacity], sizes: dic
 def _check_cpu(spec: ModelSpec, plan: MemoryPlan, nodes: list[NodeCapacity]) -> None:
     """On a cluster without GPUs: a plan that moves weights onto a card needs CUDA (the actor would
     refuse it after loading), and the whole pipeline sits in host RAM in float32."""
-    from actors.core.memory_apply import NEEDS_CUDA  # the actor's own list; torch-free
-
     if plan.name in NEEDS_CUDA:
         raise ImageGenError("IMG_010", f"model {spec.id!r}: memory plan {plan.name!r} needs a CUDA device, and this "
                                        f"cluster has no GPU ({describe(nodes)}); pick resident, fp8-storage or "

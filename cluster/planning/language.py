@@ -4,13 +4,17 @@ Scripts decide what they can: kana is Japanese, hangul Korean, Han without kana 
 Latin-script text goes to py3langid (a compact model shipped inside the package), restricted to
 Latin-script languages; text too short for a model to judge ("neon street") is taken as English.
 A prompt with both a non-Latin script and a run of Latin words ("a neon street in 渋谷") is mixed.
+`localise` gives each task the prompt its model reads (the translation stage decides the English).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from cluster.work import ImageTask
+from models.registry import ModelSpec
 
 LATIN_LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "nl", "pl", "sv", "da", "no", "fi", "cs", "tr", "id", "vi", "ro"]
 # Latin text this short (in letters) with no accents is not worth a model's guess
@@ -114,3 +118,16 @@ def needs_translation(detection: Detection, model_languages: tuple[str, ...]) ->
     if detection.english:
         return False
     return any(language not in model_languages for language in detection.languages)
+
+
+def localise(task: ImageTask, translation: dict | None, spec: ModelSpec) -> ImageTask:
+    """`task` with the prompt `spec` reads (the original, or its English translation) and a record of
+    both; `translation`: the run's (the translation stage's `as_dict()`), None for an English prompt."""
+    if not translation:
+        return task
+    detection = Detection(translation["language"], tuple(translation["languages"]))
+    translated = bool(translation["english"]) and needs_translation(detection, spec.prompt_languages)
+    return replace(task, prompt=translation["english"] if translated else translation["original"],
+                   original_prompt=translation["original"], language=translation["language"],
+                   translator=translation["translator"] or "" if translated else "",
+                   english_prompt=translation["english"] or translation["original"])

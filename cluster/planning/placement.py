@@ -11,7 +11,8 @@ the *smallest* card in the cluster its memory takes (never less than its spec's
 
 Decisions about feasibility are taken here, against the cluster's totals, before any
 placement group exists: a model that fits nowhere fails at once with IMG_010 instead of
-leaving Ray waiting forever for resources.
+leaving Ray waiting forever for resources. Pure: the nodes come from the engine
+(cluster.engine.nodes reads them from Ray).
 """
 
 from __future__ import annotations
@@ -46,37 +47,6 @@ class NodeCapacity:
         if self.gpus <= 0 or self.gpu_memory_gb <= 0:
             return None
         return self.gpu_memory_gb / self.gpus
-
-
-def available_by_node() -> dict[str, dict[str, float]] | None:
-    """Each live node's free resources now; None when this Ray cannot say (the caller then plans
-    against totals)."""
-    try:
-        from ray._private.state import available_resources_per_node  # no public per-node API yet
-
-        return {node_id: dict(res) for node_id, res in available_resources_per_node().items()}
-    except Exception:  # noqa: BLE001 - an internal API that may move between Ray releases
-        return None
-
-
-def cluster_nodes() -> list[NodeCapacity]:
-    import ray
-
-    nodes = []
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        res = node.get("Resources", {})
-        nodes.append(NodeCapacity(
-            node_id=node["NodeID"],
-            address=node.get("NodeManagerAddress", ""),
-            cpus=float(res.get("CPU", 0)),
-            gpus=float(res.get("GPU", 0)),
-            gpu_memory_gb=float(res.get(GPU_MEMORY_RESOURCE, 0)),
-            memory_bytes=float(res.get("memory", 0)),
-            object_store_bytes=float(res.get("object_store_memory", 0)),
-        ))
-    return nodes
 
 
 def describe(nodes: list[NodeCapacity]) -> str:
@@ -270,10 +240,9 @@ def replica_capacity(
                    f"{fmt_bundle(bundle)})")
 
 
-def missing_resources(bundle: dict[str, float], free_by_node: dict[str, dict[str, float]] | None = None) -> str:
-    """Which of `bundle`'s resources the nodes lack free now, as people call them: those every node
-    lacks, else those some node lacks."""
-    free_by_node = free_by_node if free_by_node is not None else (available_by_node() or {})
+def missing_resources(bundle: dict[str, float], free_by_node: dict[str, dict[str, float]]) -> str:
+    """Which of `bundle`'s resources the nodes lack free now (`free_by_node`: each node's free
+    resources), as people call them: those every node lacks, else those some node lacks."""
     lacking = [{k for k, v in bundle.items() if free.get(k, 0.0) + 1e-9 < v} for free in free_by_node.values()]
     if not lacking or not all(lacking):
         return "nothing (the room came free too late)"

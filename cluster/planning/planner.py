@@ -160,3 +160,29 @@ def retarget(task: ImageTask, spec: ModelSpec, request: GenerationRequest) -> Im
         spec.id, request.steps or spec.steps, spec.guidance, request.width or spec.width, request.height or spec.height
     )
 
+
+
+def planned_counts(plan: Plan, done: set[int] | frozenset[int] = frozenset()) -> dict[str, int]:
+    """Images each model is to make; `done`: indices already made (a resumed run's journal holds them)."""
+    counts: dict[str, int] = {}
+    for task in plan.tasks:
+        if task.index not in done:
+            counts[task.model] = counts.get(task.model, 0) + 1
+    return counts
+
+
+def model_sizes(plan: Plan) -> dict[str, tuple[int, int]]:
+    """Each model's image size in this plan (its first task's)."""
+    sizes: dict[str, tuple[int, int]] = {}
+    for task in plan.tasks:
+        sizes.setdefault(task.model, (task.width, task.height))
+    return sizes
+
+
+def fallback_specs(plan: Plan, registry: Registry) -> list[ModelSpec]:
+    """Models a failed image may move to, fastest first: the plan's, then other available ones."""
+    candidates = list(plan.specs.values()) + [
+        s for s in registry if s.auto_select and s.id not in plan.specs and availability.check(s).ok
+        and all(fits(load_adapters().get(a.id), s) for a in plan.adapters)  # an image keeps its look
+    ]
+    return sorted(candidates, key=lambda s: (-s.speed, s.id not in plan.specs, s.id))

@@ -242,10 +242,22 @@ def parse_memory_plan(value: str | None) -> str | None:
 def parse_upload_uri(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
-    from cluster.output.uploader import parse_gcs_uri
-
     parse_gcs_uri(value)
     return value.strip()
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+
+def parse_gcs_uri(uri: str) -> tuple[str, str]:
+    """'gs://bucket/some/prefix/' -> ('bucket', 'some/prefix'); IMG_026 for anything else."""
+    match = re.match(r"^gs://([^/]+)/?(.*)$", uri.strip())
+    if not match or not _BUCKET.match(match.group(1)):
+        raise ImageGenError("IMG_026", f"--upload-uri {uri!r} is not gs://BUCKET[/PREFIX] with a valid bucket name.")
+    prefix = match.group(2).rstrip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ImageGenError("IMG_026", f"--upload-uri {uri!r} has an empty, '.' or '..' path segment.")
+    return match.group(1), prefix
 
 
 def parse_image_count(value: str | None) -> int:

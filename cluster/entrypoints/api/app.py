@@ -1,6 +1,6 @@
 """The HTTP front: a Ray Serve deployment speaking the OpenAI Images API over the warm cluster.
 
-Every generation is a `run_generation` with `resident=True`: the same warm replicas, placement,
+Every generation is a run (cluster.pipeline.run) with `resident=True`: the same warm replicas, placement,
 memory plans, limits, scoring, journal and history as `generate`, and each request's images in the
 design card's folder layout under the server's data directory. Concurrent requests for one model
 and size share pipeline calls at the replica (actors.core.coalescing). No traceback ever reaches a
@@ -127,6 +127,8 @@ def error_response(error: ImageGenError, param: str | None = None, status: int |
 @serve.ingress(api)
 class ImageAPI:
     def __init__(self, config: ServerConfig):
+        from cluster.observability.history import History
+        from cluster.pipeline.context import RunContext
         from cluster.planning.limits import load_limits
         from models.registry import load_registry
 
@@ -135,6 +137,8 @@ class ImageAPI:
         self.config = config
         self.registry = load_registry(config.config)
         self.limits = load_limits(config.limits)
+        # what every request's run shares, on the cluster's warm replicas
+        self.context = RunContext(self.registry, self.limits, history=History(config.history_db), resident=True)
         self.keys = KeyCheck(config.key_digests)
         self.data = DataDir(Path(config.data_dir), config.url_ttl_s)
         self.data.start()
@@ -238,13 +242,11 @@ class ImageAPI:
 
     def _work(self, request, job: "Job", folder: Path, answer, keep):
         from cluster.observability.events import Events
-        from cluster.observability.history import History
-        from cluster.pipeline.run import run_generation
+        from cluster.pipeline.run import run_request
 
         answered = False
         try:
-            result = run_generation(request, self.registry, self.limits, events=Events(job.on_event), resident=True,
-                                    history=History(self.config.history_db), stop=job.stop)
+            result = run_request(request, self.context.for_run(events=Events(job.on_event), stop=job.stop))
             job.result = result
             if job.abandoned:
                 return None
@@ -263,19 +265,15 @@ class ImageAPI:
 
     def _estimate(self, request) -> tuple[dict[str, float], float]:
         """(estimated USD per image by model, the whole plan's estimate), as `generate` prices a plan."""
+        from cluster.observability.history import safely
+        from cluster.pipeline.stages.budget import runs_on_cpu
         from cluster.planning.costs.budget import estimate
-        from cluster.planning.costs.config import load_costs
-        from cluster.observability.history import History, safely
-        from cluster.planning.planner import make_plan
-        from cluster.pipeline.run import runs_on_cpu
+        from cluster.planning.planner import make_plan, planned_counts
 
-        history = History(self.config.history_db)
+        history = self.context.history
         plan = make_plan(request, self.registry, history=safely(history.score))
-        counts: dict[str, int] = {}
-        for task in plan.tasks:
-            counts[task.model] = counts.get(task.model, 0) + 1
-        priced = estimate(counts, {s.id: s for s in self.registry}, safely(history.summary)() or {}, load_costs(),
-                          runs_on_cpu(request))
+        priced = estimate(planned_counts(plan), {s.id: s for s in self.registry}, safely(history.summary)() or {},
+                          self.context.cost_config(), runs_on_cpu(request))
         return {model: e.usd_per_image for model, e in priced.items()}, sum(e.usd for e in priced.values())
 
     async def _guarded(self, request: Request, handler, route: str = "images"):

@@ -34,7 +34,9 @@ from cluster.planning.memory.sizes import Component, ModelSizes
 
 GIB = 2**30
 PLAN_NAMES = ("resident", "fp8-storage", "model-offload", "group-offload", "sequential-offload")
-CUDA_ONLY = ("model-offload", "group-offload", "sequential-offload")
+# Plans that move weights onto a CUDA card as they run: a CPU replica cannot carry them out (the actor
+# refuses them; feasibility refuses them on a cluster without GPUs). Group offload works on the CPU.
+NEEDS_CUDA = ("model-offload", "sequential-offload")
 # CUDA's context, cuBLAS workspaces and the caching allocator's slack: memory the card reports in
 # use that no tensor accounts for.
 CUDA_OVERHEAD_GB = 0.75

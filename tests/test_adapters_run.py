@@ -91,7 +91,7 @@ def test_a_family_that_takes_adapters_is_planned_with_their_budget_and_without_f
 def test_the_journal_keeps_adapters_and_another_look_is_another_run(tmp_path, tiny_models):
     from cluster import env
     from cluster.output.durability.journal import RunJournal
-    from cluster.pipeline.run import _journal_key_fields
+    from cluster.pipeline.stages.preflight import journal_key_fields
     from cluster.planning.request import parse_request
     from models.adapter_files import resolve
     from models.adapters import load_adapters, parse_adapters
@@ -99,7 +99,7 @@ def test_the_journal_keeps_adapters_and_another_look_is_another_run(tmp_path, ti
 
     registry = load_registry()
     raw = {"image_prompt": "a lighthouse", "folder_name": str(tmp_path / "out"), "models": "tiny-flux"}
-    keys = {value: json.dumps(_journal_key_fields(parse_request({**raw, "adapters": value}, registry), registry))
+    keys = {value: json.dumps(journal_key_fields(parse_request({**raw, "adapters": value}, registry), registry))
             for value in ("", "tiny-style", "tiny-style:0.5")}
     assert len(set(keys.values())) == 3
     uses = resolve(parse_adapters("tiny-style:0.5", load_adapters()), load_adapters(), env.cache_dir())
@@ -195,7 +195,7 @@ def test_a_manifests_default_look_applies_to_every_entry_on_one_warm_replica(ray
     registry = load_registry()
     events: list[dict] = []
     entries = build_entries(manifest, registry, {"scorer": None})
-    results = run_batch(entries, registry, limits, events=Events(events.append), entries_at_once=3, resident=True)
+    results = run_batch(entries, registry, limits, events=Events(events.append), entries_at_once=3)
     assert [r.status for r in results] == ["completed"] * 3, results
     loads = [e for e in events if e["event"] == "model_loaded" and e["model"] == "tiny-flux"]
     assert [e["warm"] for e in loads].count(False) == 1  # one model load for the whole video

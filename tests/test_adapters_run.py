@@ -110,6 +110,50 @@ def test_the_journal_keeps_adapters_and_another_look_is_another_run(tmp_path, ti
     assert RunJournal(tmp_path / "out").load("k").tasks == [task]  # the same adapters, hashes and scales
 
 
+def test_a_resumed_run_plans_with_the_journaled_adapters(tmp_path, tiny_models, limits):
+    from cluster import env
+    from cluster.output.durability.journal import RunJournal
+    from cluster.pipeline.context import RunContext
+    from cluster.pipeline.stages.select import select
+    from cluster.pipeline.state import RunState
+    from cluster.planning.request import parse_request
+    from models.adapter_files import resolve
+    from models.adapters import load_adapters, parse_adapters
+    from models.registry import load_registry
+
+    registry = load_registry()
+    uses = resolve(parse_adapters("tiny-style:0.5", load_adapters()), load_adapters(), env.cache_dir())
+    journal = RunJournal(tmp_path / "out")
+    header = {"models": ["tiny-flux"], "strategy": "smart", "base_seed": 3, "selection_reason": "named"}
+    journal.start("k", [ImageTask(0, "tiny-flux", "a lighthouse", 3, 64, 64, 2, 0.0, adapters=uses)], header, None)
+    journal.close()
+    request = parse_request({"image_prompt": "a lighthouse", "folder_name": str(tmp_path / "out"),
+                             "models": "tiny-flux", "adapters": "tiny-style:0.5"}, registry)
+    state = RunState.begin(request, RunContext(registry, limits))
+    state.resumed = RunJournal(tmp_path / "out").load("k")
+    plan = select(state).plan
+    assert plan.adapters == uses  # what fallbacks are chosen by: the journaled adapters, hashes too
+
+
+def test_a_failed_image_falls_back_only_to_models_its_adapters_fit(tmp_path, tiny_models):
+    import yaml
+
+    from cluster.planning.planner import fallback_specs, make_plan
+    from cluster.planning.request import parse_request
+    from models.registry import DEFAULT_MODELS_FILE, load_registry
+
+    doc = yaml.safe_load(DEFAULT_MODELS_FILE.read_text(encoding="utf-8"))
+    doc["models"]["tiny-sd"]["auto_select"] = True  # available here, so a fallback for a plain plan
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    registry = load_registry(path)
+    raw = {"image_prompt": "a lighthouse", "folder_name": "out", "models": "tiny-flux"}
+    plain = make_plan(parse_request(raw, registry), registry)
+    styled = make_plan(parse_request({**raw, "adapters": "tiny-style"}, registry), registry)
+    assert "tiny-sd" in [s.id for s in fallback_specs(plain, registry)]
+    assert [s.id for s in fallback_specs(styled, registry)] == ["tiny-flux"]  # an image keeps its look
+
+
 def test_an_images_adapter_load_is_priced_as_loading():
     from cluster.planning.costs.config import load_costs
     from cluster.planning.costs.pricing import image_costs

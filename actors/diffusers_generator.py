@@ -20,6 +20,7 @@ from cluster.memory.planner import MemoryPlan
 from cluster.png import encode_png
 from cluster.work import GeneratedImage, ImageTask
 from models.registry import ModelSpec
+from models.prompt_length import PromptReader
 
 GIB = 1024**3
 # Distinct prompts whose embeddings a replica keeps (a few MB each for FLUX's T5 at 512 tokens).
@@ -110,6 +111,7 @@ class DiffusersGenerator:
                                  offloaded=self.memory_plan.offload != "none")
         parameters = inspect.signature(self.pipe.__call__).parameters
         self._supports_callback = "callback_on_step_end" in parameters
+        self.prompt_reader = PromptReader(spec.prompt_encoders, self.pipe)  # what its encoders cut, by their tokenizers
         # pipelines taking pooled embeddings (FLUX) get each prompt encoded once per replica
         self._reuses_embeddings = "pooled_prompt_embeds" in parameters and hasattr(self.pipe, "encode_prompt")
         if "compile" in self.speed.applied:
@@ -252,4 +254,5 @@ class DiffusersGenerator:
             height=image.height,
             weights=self.spec.weights,
             nonfinite_fraction=nonfinite,
+            prompt_truncation=self.prompt_reader(task.prompt),
         )

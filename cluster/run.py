@@ -33,6 +33,7 @@ from cluster.limits import Limits
 from cluster.metrics import RayMetricsSink, run_metrics
 from cluster.placement import cluster_nodes
 from cluster.planner import Plan, make_plan, retarget
+from cluster.prompt_truncation import record_truncations
 from cluster.preflight import check_disk_space, check_folder_owned, clean_stale_staging, estimate_bytes
 from cluster.ray_runtime import RayRuntime
 from cluster.replicas import ReplicaPool
@@ -230,6 +231,7 @@ def run_generation(
     outcome.model_weights = {spec.id: spec.weights for spec in registry}
     outcome.resumed = resumed.summary() if resumed is not None else None
     outcome.translation = translation
+    outcome.prompt_truncation = record_truncations(outcome.images, registry, events)
     _price(outcome, registry, replicas, costs)
     if tracker is not None:
         outcome.cost["budget"] = {"budget_usd": request.budget_usd, "policy": request.budget_policy,

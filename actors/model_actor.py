@@ -22,13 +22,16 @@ from pathlib import Path
 
 import ray
 
-from actors.backends import make_backend
-from actors.coalescing import Coalescer
+from actors.core.backends import make_backend
+from actors.core.coalescing import Coalescer
 from cluster import env
 from cluster.work import CallOptions, FailedImage, GeneratedImage, ImageTask, ReplicaInfo
 from models.registry import ModelSpec
 
 CONTROL = "control"
+# The resident registry's actor name (cluster.engine.resident creates it under this name): a
+# retiring replica asks it, by name, to release the replica.
+REGISTRY_NAME = "resident-registry"
 
 
 class RequestWindow:
@@ -66,7 +69,7 @@ class ModelWorker:
                  memory_plan=None):
         self.spec = spec
         self.gpu_reserve_gb = gpu_reserve_gb
-        self.memory_plan = memory_plan  # cluster.memory.planner.MemoryPlan, chosen by the driver
+        self.memory_plan = memory_plan  # cluster.planning.memory.planner.MemoryPlan, chosen by the driver
         # Passed by the driver so a remote model works on nodes that do not have the key in their
         # environment; GoogleCredentials keeps the key out of its repr.
         self.credentials = credentials
@@ -93,7 +96,7 @@ class ModelWorker:
             self.backend = make_backend(self.spec, self.cache_root, self.replica, self.credentials,
                                         self.gpu_reserve_gb, self.memory_plan)
             context = ray.get_runtime_context()
-            device = str(getattr(self.backend, "device", "remote"))
+            device = str(getattr(self.backend, "device_label", None) or getattr(self.backend, "device", "remote"))
             gpu_ids = [str(g) for g in ray.get_gpu_ids()]
             self._info = ReplicaInfo(
                 model=self.spec.id,
@@ -106,7 +109,7 @@ class ModelWorker:
                 gpu_ids=gpu_ids,
                 restarts=1 if context.was_current_actor_reconstructed else 0,
                 pid=os.getpid(),
-                note=_cpu_note(device, gpu_ids),
+                note="; ".join(n for n in (_cpu_note(device, gpu_ids), getattr(self.backend, "dtype_note", "")) if n),
                 memory_plan=self._plan_record(),
                 speed=getattr(getattr(self.backend, "speed", None), "as_dict", lambda: None)(),
                 card=getattr(self.backend, "card_name", "") if self.spec.is_local else "",
@@ -183,8 +186,6 @@ class ModelWorker:
     def _retire(self) -> None:
         # The registry kills this replica without restart and then removes its placement group:
         # removing the group first would leave a detached, restartable actor "restarting" forever.
-        from cluster.resident import REGISTRY_NAME
-
         context = ray.get_runtime_context()
         name = context.get_actor_name()
         try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import ray
 
-from actors.clip_scorer import ClipScorer, ScoreItem
-from cluster.quality import QualityScore
+from actors.core.clip_scorer import ClipScorer, ScoreItem
+from cluster.quality.score import QualityScore
 from models.scorers import ScorerSpec
 
 

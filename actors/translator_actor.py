@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ray
 
-from actors.translator import Translator
+from actors.core.translator import Translator
 from models.translators import TranslatorSpec
 
 

@@ -31,6 +31,21 @@ def cuda_visible_devices() -> str | None:
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
+def pci_device_order() -> str:
+    """Number CUDA's cards in PCI bus order, as nvidia-smi does, in this process and what it starts
+    (Ray's raylet and workers inherit it): the memory read from nvidia-smi's card N is then the
+    memory of the card CUDA_VISIBLE_DEVICES=N gives a replica. CUDA's own default numbers the
+    fastest card first. A different order the user set is kept, with a note saying what it costs."""
+    order = os.environ.get("CUDA_DEVICE_ORDER")
+    if order is None:
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        return ""
+    if order != "PCI_BUS_ID":
+        return (f"CUDA_DEVICE_ORDER={order!r}: CUDA numbers the cards otherwise than nvidia-smi, which gives their "
+                "memory; on a machine of unlike cards unset it (the project uses PCI_BUS_ID)")
+    return ""
+
+
 def github_output_path() -> Path | None:
     value = os.environ.get("GITHUB_OUTPUT")
     return Path(value) if value else None

@@ -2,7 +2,7 @@
 
 IMG_001..IMG_010 keep the meanings of the design card's appendix C; everything
 from IMG_011 up is ours. The CLI turns an `ImageGenError` into a single line
-``error IMG_0xx: message`` in exactly one place (`cluster.cli`).
+``error IMG_0xx: message`` in exactly one place (`cluster.entrypoints.cli`).
 """
 
 from __future__ import annotations

@@ -94,6 +94,6 @@ class ReplicaInfo:
     pid: int = 0
     note: str = ""  # e.g. why a replica Ray gave a GPU runs on the CPU
     memory_plan: dict | None = None  # MemoryPlan.as_dict() of the plan it holds the model with
-    speed: dict | None = None  # speed options applied and skipped, with reasons (actors.speed)
+    speed: dict | None = None  # speed options applied and skipped, with reasons (actors.core.speed)
     card: str = ""  # the CUDA device's name, "cpu", or "" for a remote model: what its time costs
     gpu_share: float = 0.0  # the fraction of a card Ray gave it (0: none)

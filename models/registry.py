@@ -21,7 +21,7 @@ DEFAULT_MODELS_FILE = bundled_config("models.yaml")
 BUILTIN_PREFIX = "builtin:"
 
 
-# cluster.memory.planner.PLAN_NAMES, best first (a test keeps the two in step)
+# cluster.planning.memory.planner.PLAN_NAMES, best first (a test keeps the two in step)
 MemoryPlanName = Literal["auto", "resident", "fp8-storage", "model-offload", "group-offload", "sequential-offload"]
 
 
@@ -65,7 +65,7 @@ class RateLimit(BaseModel):
     requests_per_minute: float | None = Field(None, gt=0, description="Request starts allowed per rolling minute.")
     concurrent_limit: int | None = Field(None, ge=1, description="Calls to this model in flight at once, across replicas.")
     queue_strategy: Literal["priority_based", "round_robin", "load_balanced"] = Field(
-        "round_robin", description="How this model's queued calls are ordered and spread (see cluster.scheduler)."
+        "round_robin", description="How this model's queued calls are ordered and spread (see cluster.engine.scheduler)."
     )
 
 

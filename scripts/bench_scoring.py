@@ -33,8 +33,8 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from actors.clip_scorer import ClipScorer, ScoreItem
-    from cluster.png import encode_png
+    from actors.core.clip_scorer import ClipScorer, ScoreItem
+    from cluster.output.png import encode_png
     from cluster.work import ImageTask
     from models.scorers import ScorerSpec
 

@@ -32,11 +32,11 @@ def main() -> int:
     import ray
     from openai import OpenAI
 
-    from cluster.api.app import ServerConfig, digest
-    from cluster.api.server import deploy, undeploy
-    from cluster.limits import load_limits
-    from cluster.ray_runtime import NAMESPACE
-    from cluster.warm import bring_down, bring_up
+    from cluster.entrypoints.api.app import ServerConfig, digest
+    from cluster.entrypoints.api.server import deploy, undeploy
+    from cluster.planning.limits import load_limits
+    from cluster.engine.ray_runtime import NAMESPACE
+    from cluster.entrypoints.warm import bring_down, bring_up
     from models.registry import load_registry
     from models.scorers import load_scoring
 

@@ -37,14 +37,14 @@ def main() -> None:
 
     import ray
 
-    from cluster.batch import build_entries, run_batch
-    from cluster.events import Events
-    from cluster.history import History
-    from cluster.limits import load_limits
-    from cluster.ray_runtime import embedded_init_kwargs
-    from cluster.request import parse_request
-    from cluster.run import run_generation
-    from cluster.warm import bring_down, bring_up
+    from cluster.entrypoints.batch import build_entries, run_batch
+    from cluster.observability.events import Events
+    from cluster.observability.history import History
+    from cluster.planning.limits import load_limits
+    from cluster.engine.ray_runtime import embedded_init_kwargs
+    from cluster.planning.request import parse_request
+    from cluster.pipeline.run import run_generation
+    from cluster.entrypoints.warm import bring_down, bring_up
     from models.registry import load_registry
     from models.scorers import load_scoring
 

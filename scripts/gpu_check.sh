@@ -8,18 +8,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python="${PYTHON:-python3}"
-wheels=.whl
-mkdir -p "$wheels"
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-
-# the versions this project is tested with here, so the check runs the code CI runs
+# The versions of the project's own environment (what scripts/test.sh and CI resolved), so the
+# check runs the code CI runs: .venv's python unless PYTHON names another. A package that
+# environment lacks is an error, never an unpinned download of whatever is newest.
+python="${PYTHON:-}"
+if [[ -z "$python" ]]; then
+  if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else
+    echo "error: no .venv here: run ./scripts/test.sh once (it builds the project's environment), or set" \
+         "PYTHON to the python of an environment with the project installed" >&2
+    exit 1
+  fi
+fi
 version() { "$python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || echo ""; }
 want=()
 for package in diffusers open_clip_torch ftfy wcwidth pydantic pydantic_core annotated_types typing_inspection torchao; do
   v=$(version "$package")
-  want+=("${package}${v:+==$v}")
+  if [[ -z "$v" ]]; then
+    echo "error: $python has no $package, so its version cannot be pinned; install the project there" \
+         "(pip install -e '.[test]') or set PYTHON to the project's environment" >&2
+    exit 1
+  fi
+  want+=("${package}==$v")
 done
+echo "pinned to $python's environment: ${want[*]}" >&2
+
+wheels=.whl
+mkdir -p "$wheels"
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
 
 rm -f "$wheels"/*.whl
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -59,8 +59,8 @@ def ray_session():
 
     import ray
 
-    from cluster.placement import GPU_MEMORY_RESOURCE
-    from cluster.ray_runtime import NAMESPACE
+    from cluster.planning.placement import GPU_MEMORY_RESOURCE
+    from cluster.engine.ray_runtime import NAMESPACE
 
     if not ray.is_initialized():
         # "local": a Ray cluster running on the machine (a warm cluster, another test run) is not joined
@@ -89,7 +89,7 @@ def registry():
 
 @pytest.fixture
 def limits():
-    from cluster.limits import load_limits
+    from cluster.planning.limits import load_limits
 
     return load_limits()
 
@@ -136,8 +136,8 @@ def _resident_registry():
 
     if not ray.is_initialized():
         return None
-    from cluster.ray_runtime import NAMESPACE
-    from cluster.resident import REGISTRY_NAME
+    from cluster.engine.ray_runtime import NAMESPACE
+    from cluster.engine.resident import REGISTRY_NAME
 
     try:
         return ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cluster.png import encode_png
-from cluster.quality import weight_free_score
-from cluster.report import FinalImage, RunOutcome
-from cluster.request import GenerationRequest
+from cluster.output.png import encode_png
+from cluster.quality.score import weight_free_score
+from cluster.output.report import FinalImage, RunOutcome
+from cluster.planning.request import GenerationRequest
 from cluster.work import Attempt, FailedImage, GeneratedImage, ImageTask
-from cluster.writer import file_url
+from cluster.output.writer import file_url
 
 
 def synthetic_image(seed: int, size: int = 32) -> np.ndarray:
@@ -95,7 +95,7 @@ def scripted_registry(tmp_path: Path, models: dict[str, dict], smart_selection: 
 
 
 def make_request(registry, tmp_path: Path, **raw):
-    from cluster.request import parse_request
+    from cluster.planning.request import parse_request
 
     base = {"image_prompt": "a red fox", "folder_name": "out"}
     base.update({k: (None if v is None else str(v)) for k, v in raw.items()})
@@ -103,7 +103,7 @@ def make_request(registry, tmp_path: Path, **raw):
 
 
 def quick_limits(**overrides):
-    from cluster.limits import load_limits
+    from cluster.planning.limits import load_limits
 
     defaults = {"memory_limit_per_image": "50MB", "placement_timeout": 5, "cancel_grace": 1.0,
                 "backoff_base": 0.05, "backoff_max": 0.2}

@@ -20,8 +20,8 @@ def main() -> None:
 
     import ray
     from cluster.errors import ImageGenError
-    from cluster.placement import GPU_MEMORY_RESOURCE
-    from cluster.run import run_generation
+    from cluster.planning.placement import GPU_MEMORY_RESOURCE
+    from cluster.pipeline.run import run_generation
     from tests.helpers import make_request, quick_limits, read_json, scripted_registry
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
@@ -98,7 +98,7 @@ def main() -> None:
             }
 
             # a warm cluster: three resident 16 GB replicas, one per card, found warm by two runs
-            from cluster.warm import bring_down, bring_up
+            from cluster.entrypoints.warm import bring_down, bring_up
             from models.scorers import load_scoring
 
             folder = base / "warm"

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from cluster.errors import ImageGenError
-from cluster.png import encode_png
+from cluster.output.png import encode_png
 from cluster.work import GeneratedImage, ImageTask
 
 

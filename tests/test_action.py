@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.github_output import OUTPUT_NAMES, parse_outputs
+from cluster.output.github_output import OUTPUT_NAMES, parse_outputs
 from tests.helpers import read_json, scripted_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -584,7 +584,7 @@ def test_action_yml_declares_the_design_cards_interface():
 
 def test_the_cli_prints_a_user_error_as_one_line_whatever_the_value_holds(capsys):
     """Below the Action: every line break the runner knows, terminal escapes and `##[`."""
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     config = "x\u2028::error::a\x1b[31m\r\n::error::b\x85 ##[error]c.yaml"
     status = main(["generate", "--image-prompt=a cat", "--folder-name=out", f"--config={config}"])
@@ -600,7 +600,7 @@ def test_the_cli_prints_a_user_error_as_one_line_whatever_the_value_holds(capsys
 def test_plain_progress_lines_hold_one_event_each():
     import io
 
-    from cluster.progress import choose_sinks
+    from cluster.observability.progress import choose_sinks
 
     log = io.StringIO()
     (sink,) = choose_sinks(False, stream=log)

@@ -28,7 +28,7 @@ BAD_INPUTS = [
 def run(args: list[str], cwd) -> subprocess.CompletedProcess:
     base = ["--image-prompt", "a red fox", "--folder-name", "out", "--models", "tiny-flux"]
     # later flags win in argparse, so the bad value overrides the good default
-    return subprocess.run([sys.executable, "-m", "cluster.cli", "generate", *base, *args],
+    return subprocess.run([sys.executable, "-m", "cluster.entrypoints.cli", "generate", *base, *args],
                           cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
@@ -49,7 +49,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_help_lists_every_action_input():
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "generate", "--help"],
+    result = subprocess.run([sys.executable, "-m", "cluster.entrypoints.cli", "generate", "--help"],
                             capture_output=True, text=True, timeout=60)
     for flag in ("--image-prompt", "--folder-name", "--image-count", "--models", "--generation-strategy",
                  "--enable-comparison", "--quality-threshold", "--max-parallel", "--seed", "--width", "--height",
@@ -59,7 +59,7 @@ def test_help_lists_every_action_input():
 
 def test_driver_side_modules_import_without_torch():
     code = (
-        "import sys, cluster.cli, cluster.run, cluster.scheduler, cluster.writer, models.registry, "
+        "import sys, cluster.entrypoints.cli, cluster.pipeline.run, cluster.engine.scheduler, cluster.output.writer, models.registry, "
         "models.selection; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -70,7 +70,7 @@ def test_readme_documents_every_flag_of_every_command():
     import argparse
     from pathlib import Path
 
-    from cluster.cli import build_parser
+    from cluster.entrypoints.cli import build_parser
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     readme += (Path(__file__).resolve().parent.parent / "docs" / "warm-cluster.md").read_text(encoding="utf-8")
@@ -88,7 +88,7 @@ def test_readme_documents_every_flag_of_every_command():
 
 
 def test_generate_without_arguments_names_the_missing_required_flags(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "cluster.cli", "generate"], cwd=tmp_path, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "cluster.entrypoints.cli", "generate"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2
     (line,) = [line for line in done.stderr.splitlines() if line.strip()]
@@ -99,9 +99,9 @@ def test_generate_without_arguments_names_the_missing_required_flags(tmp_path):
 def test_help_states_the_max_parallel_range_that_is_enforced():
     import re
 
-    from cluster.cli import build_parser
+    from cluster.entrypoints.cli import build_parser
     from cluster.errors import ImageGenError
-    from cluster.request import parse_max_parallel
+    from cluster.planning.request import parse_max_parallel
 
     generate = next(a for a in build_parser()._actions if a.dest == "command").choices["generate"]
     (action,) = [a for a in generate._actions if "--max-parallel" in a.option_strings]
@@ -114,8 +114,8 @@ def test_help_states_the_max_parallel_range_that_is_enforced():
 
 @pytest.mark.parametrize("flag, field", [("--enable-comparison", "enable_comparison"), ("--signed-urls", "signed_urls")])
 def test_the_actions_boolean_flags_work_alone_or_with_a_value(registry, tmp_path, flag, field):
-    from cluster.cli import REQUEST_FLAGS, build_parser
-    from cluster.request import parse_request
+    from cluster.entrypoints.cli import REQUEST_FLAGS, build_parser
+    from cluster.planning.request import parse_request
 
     def request(*extra):
         args = build_parser().parse_args(["generate", "--image-prompt", "a fox", *extra, "--folder-name", "out"])
@@ -135,7 +135,7 @@ def test_cluster_up_with_nothing_to_load_is_an_error_before_ray_starts(tmp_path)
     temp = tempfile.mkdtemp(prefix="kr", dir="/tmp")  # where a `ray start` would record itself
     env = {**os.environ, "RAY_TMPDIR": temp}  # no weights (HF_HOME is the tests' own), no credentials
     try:
-        done = subprocess.run([sys.executable, "-m", "cluster.cli", "cluster", "up", "--scorer", "none"], cwd=tmp_path,
+        done = subprocess.run([sys.executable, "-m", "cluster.entrypoints.cli", "cluster", "up", "--scorer", "none"], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stdout + done.stderr
         assert done.stderr.startswith("error IMG_002: ") and "--models tiny-flux" in done.stderr

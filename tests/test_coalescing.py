@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from actors.coalescing import Coalescer
+from actors.core.coalescing import Coalescer
 from cluster.errors import ImageGenError
 from cluster.work import CallOptions, ImageTask
 
@@ -121,9 +121,9 @@ def _submit(coalescer, n):
 def test_two_runs_sharing_a_warm_replica_share_its_pipeline_calls(tmp_path):
     import ray
 
-    from cluster.resident import actor_handle, registry_actor
-    from cluster.run import run_generation
-    from cluster.warm import bring_down, bring_up
+    from cluster.engine.resident import actor_handle, registry_actor
+    from cluster.pipeline.run import run_generation
+    from cluster.entrypoints.warm import bring_down, bring_up
     from models.scorers import load_scoring
     from tests.helpers import make_request, quick_limits, scripted_registry
 

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from cluster.costs.budget import BudgetTracker, Estimate, estimate, fit
-from cluster.costs.config import CardPrice, CostConfig, load_costs
-from cluster.costs.pricing import cost_section, image_costs
+from cluster.planning.costs.budget import BudgetTracker, Estimate, estimate, fit
+from cluster.planning.costs.config import CardPrice, CostConfig, load_costs
+from cluster.planning.costs.pricing import cost_section, image_costs
 from cluster.errors import ImageGenError
 from cluster.work import ReplicaInfo
 from tests.helpers import generated, make_request, quick_limits, read_json, scripted_registry
@@ -108,9 +108,9 @@ def test_fit_refuses_or_degrades_and_the_tracker_never_lets_spending_cross(regis
 def test_a_resumed_run_is_priced_for_the_images_it_has_still_to_make(vertex, tmp_path, registry):
     from types import SimpleNamespace
 
-    from cluster.history import History
-    from cluster.planner import make_plan
-    from cluster.run import _budget
+    from cluster.observability.history import History
+    from cluster.planning.planner import make_plan
+    from cluster.pipeline.stages.budget import budget_plan as _budget
 
     # 4 images at $0.02 against $0.05: over as planned, within once 2 are journaled
     request = make_request(registry, tmp_path, models="imagen4-fast", image_count=4, seed=1, budget_usd="0.05",
@@ -133,8 +133,9 @@ def test_local_images_within_their_plans_own_estimate_are_all_made(tmp_path, reg
     the estimate takes the CPU rate, as the run's pricing does."""
     import math
 
-    from cluster.history import History
-    from cluster.run import run_generation, runs_on_cpu
+    from cluster.observability.history import History
+    from cluster.pipeline.run import run_generation
+    from cluster.pipeline.stages.budget import runs_on_cpu
 
     config = load_costs()
     request = make_request(registry, tmp_path, models="tiny-flux", image_count=4, scorer="none")
@@ -161,7 +162,7 @@ def test_without_a_gpu_a_local_estimate_takes_the_cpu_rate(registry):
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_budget_that_refuses_makes_no_call(vertex, tmp_path, registry):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     request = make_request(registry, tmp_path, models="imagen4-fast", image_count=4, budget_usd="0.05",
                            budget_policy="refuse", scorer="none")
@@ -173,7 +174,7 @@ def test_a_budget_that_refuses_makes_no_call(vertex, tmp_path, registry):
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_budget_that_degrades_to_the_cheaper_model(vertex, tmp_path, registry):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     request = make_request(registry, tmp_path, models="imagen4-ultra,imagen4-fast", image_count=2, budget_usd="0.10",
                            scorer="none")
@@ -189,7 +190,7 @@ def test_a_budget_that_degrades_to_the_cheaper_model(vertex, tmp_path, registry)
 @pytest.mark.usefixtures("ray_session")
 def test_spending_reached_mid_run_stops_remote_calls(vertex, tmp_path):
     """A local model fails; its images move to imagen4-fast, and the budget pays for two of them."""
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     registry = scripted_registry(tmp_path, {
         "local": {"cost_per_image_usd": 0.0, "script": {"fail_calls": list(range(1, 10)), "fail_code": "IMG_020"}}})
@@ -216,8 +217,8 @@ def test_spending_reached_mid_run_stops_remote_calls(vertex, tmp_path):
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_batch_total_budget_stops_later_entries(vertex, tmp_path, registry):
-    from cluster.batch import build_entries, run_batch
-    from cluster.events import Events
+    from cluster.entrypoints.batch import build_entries, run_batch
+    from cluster.observability.events import Events
 
     manifest = tmp_path / "jobs.jsonl"
     manifest.write_text("\n".join(json.dumps({"id": f"e{i}", "image-prompt": f"prompt {i}", "models": "imagen4-fast",
@@ -233,9 +234,9 @@ def test_a_batch_total_budget_stops_later_entries(vertex, tmp_path, registry):
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.slow  # two real runs and a dry run (25 s): `./scripts/test.sh -m slow`, and CI
 def test_the_dry_runs_estimate_is_within_a_quarter_of_the_measured_cost(tmp_path, registry, tiny_models, capsys):
-    from cluster.cli import main
-    from cluster.history import History
-    from cluster.run import run_generation
+    from cluster.entrypoints.cli import main
+    from cluster.observability.history import History
+    from cluster.pipeline.run import run_generation
 
     history = History(tmp_path / "h.sqlite")
     costs = CONFIG.model_copy(update={"cpu_hour_usd": 3.6})  # CPU-seconds priced high enough to compare
@@ -252,8 +253,8 @@ def test_the_dry_runs_estimate_is_within_a_quarter_of_the_measured_cost(tmp_path
 
 
 def test_history_shows_cost_per_image_and_totals_by_model_and_month(tmp_path, registry, capsys):
-    from cluster.cli import main
-    from cluster.history import History
+    from cluster.entrypoints.cli import main
+    from cluster.observability.history import History
     from tests.helpers import outcome_for
 
     history = History(tmp_path / "h.sqlite")

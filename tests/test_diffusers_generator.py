@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.diffusers_generator import DiffusersGenerator
+from actors.core.diffusers_generator import DiffusersGenerator
 from cluster import env
 from cluster.errors import ImageGenError
-from cluster.png import decode, read_parameters
+from cluster.output.png import decode, read_parameters
 from cluster.work import CallOptions, ImageTask
 
 
@@ -44,7 +44,7 @@ def test_a_batch_gives_each_image_what_its_seed_gives_alone(tiny_sd):
                                                                         1: int(10 * 2**30 * 0.95)}}),
 ])
 def test_several_assigned_cards_share_the_pipelines_components(free, placement):
-    from actors.diffusers_generator import card_placement
+    from actors.core.diffusers_generator import card_placement
 
     assert card_placement(free) == placement
 
@@ -61,3 +61,52 @@ def test_the_call_keeps_its_own_time_budget(tiny_sd):
     with pytest.raises(ImageGenError) as info:
         tiny_sd.generate([task(0, 1)], "call-3", CallOptions(budget_s=0.0))
     assert info.value.code == "IMG_003" and "timeout_per_image" in info.value.message
+
+
+class Built(Exception):
+    pass
+
+
+def pretend_cards(monkeypatch, count: int, bf16: bool = True, capability=(8, 6)):
+    """torch answering as a machine with `count` 24 GiB cards would: what the generator asks before
+    it builds anything (the build itself is captured by the test)."""
+    import torch
+
+    cuda = torch.cuda
+    for name, value in (("is_available", lambda: True), ("device_count", lambda: count),
+                        ("mem_get_info", lambda i=0: (24 * 2**30, 24 * 2**30)), ("get_device_name", lambda i=0: "card"),
+                        ("reset_peak_memory_stats", lambda i=0: None), ("is_bf16_supported", lambda *a: bf16),
+                        ("get_device_capability", lambda i=0: capability)):
+        monkeypatch.setattr(cuda, name, value)
+
+
+@pytest.mark.parametrize("cards", [1, 2])
+def test_a_replica_over_several_cards_builds_on_a_device_torch_knows(registry, monkeypatch, cards):
+    """The display name of a device-mapped replica ("cuda:0-1 (balanced)") is for reports only."""
+    import torch
+
+    import actors.core.diffusers_generator as module
+
+    pretend_cards(monkeypatch, cards)
+    seen = {}
+
+    def build(name, plan, device, dtype, torch_module):
+        seen.update(device=device, dtype=dtype)
+        raise Built
+
+    monkeypatch.setattr(module, "build_planned", build)
+    with pytest.raises(Built):
+        DiffusersGenerator(registry.get("flux-schnell-arch"), env.cache_dir(), "arch", gpu_reserve_gb=20)
+    assert torch.device(seen["device"]).type == "cuda" and seen["dtype"] == torch.bfloat16
+
+
+def test_bf16_on_a_card_without_it_computes_in_fp16_and_says_why(monkeypatch):
+    import torch
+
+    from actors.core.diffusers_generator import compute_dtype
+
+    pretend_cards(monkeypatch, 1, bf16=False, capability=(7, 5))
+    dtype, note = compute_dtype("bfloat16", True, torch)
+    assert dtype == torch.float16 and "compute capability 7.5" in note and "float16" in note
+    assert compute_dtype("float32", True, torch) == (torch.float32, "")
+    assert compute_dtype("bfloat16", False, torch) == (torch.float32, "")

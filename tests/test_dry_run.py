@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from cluster.durability.journal import journal_dir
+from cluster.output.durability.journal import journal_dir
 
 PROMPT = ["--image-prompt", "a lighthouse", "--folder-name", "out"]
 
 
 def dry(capsys, *args: str) -> tuple[int, dict, str]:
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     code = main(["generate", *PROMPT, "--dry-run", "--json", *args])
     captured = capsys.readouterr()
@@ -37,7 +37,7 @@ def test_a_cuda_only_plan_on_a_machine_without_a_gpu(tmp_path, capsys, monkeypat
     assert kind["plan"] is None and kind["code"] == "IMG_010"
     # the run itself, on an embedded instance of this machine: the same verdict before anything is written
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, "-m", "cluster.cli", "generate", *PROMPT, "--models", "tiny-flux",
+    run = subprocess.run([sys.executable, "-m", "cluster.entrypoints.cli", "generate", *PROMPT, "--models", "tiny-flux",
                           "--memory-plan", "model-offload", "--address", "local", "--scorer", "none"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-2000:]
@@ -56,7 +56,7 @@ def test_a_full_size_model_on_a_machine_without_a_gpu_does_not_fit_at_0_gb(tmp_p
 
 
 def test_a_budget_refusal_is_the_same_exit_status_dry_or_not(tmp_path, capsys):
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     budget = ["--models", "tiny-flux", "--budget-usd", "0.00001", "--budget-policy", "refuse"]
     code, result, err = dry(capsys, *budget)
@@ -74,9 +74,9 @@ def test_a_degraded_budget_shows_the_plan_the_run_would_make(capsys):
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_model_no_node_can_hold_refuses_the_run_and_the_dry_run_alike(tmp_path, capsys):
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
     from cluster.errors import ImageGenError
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
     from tests.helpers import make_request, quick_limits, scripted_registry
 
     registry = scripted_registry(tmp_path, {"huge": {"gpus": 1, "gpu_memory_gb": 80}})
@@ -92,16 +92,16 @@ def test_a_model_no_node_can_hold_refuses_the_run_and_the_dry_run_alike(tmp_path
 
 
 def test_the_machines_are_described_as_they_are(capsys):
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     with open("/proc/meminfo", encoding="ascii") as meminfo:
         available = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) / 2**20
     code, result, _ = dry(capsys, "--models", "tiny-flux")
     assert code == 0
     (kind,) = result["models"][0]["kinds"]
-    stated = float(kind["node_kind"].split(" GB host RAM")[0].rsplit(" ", 1)[-1])
+    stated = float(kind["node_kind"].split(" GiB host RAM")[0].rsplit(" ", 1)[-1])
     assert abs(stated - available) <= 1.5  # the RAM free for new processes, not the free pages
     assert main(["generate", *PROMPT, "--models", "tiny-flux", "--dry-run", "--card-memory", "16",
                  "--host-memory", "32"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert "one 16 GB card and 32 GB host RAM" in first and "CPU" not in first  # nothing made up
+    assert "one 16 GiB card and 32 GiB host RAM" in first and "CPU" not in first  # nothing made up

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cluster.durability.journal import RunJournal, journal_dir
+from cluster.output.durability.journal import RunJournal, journal_dir
 from tests.helpers import generated, read_json, scripted_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def slow_model(tmp_path):
 
 
 def command(registry, folder: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", "generate", "--image-prompt", "a lighthouse at dusk",
+    return [sys.executable, "-m", "cluster.entrypoints.cli", "generate", "--image-prompt", "a lighthouse at dusk",
             "--folder-name", str(folder), "--models", "slow", "--image-count", str(IMAGES), "--max-parallel", "1",
             "--config", str(registry.path), "--scorer", "none", "--json", *extra]
 
@@ -134,7 +134,7 @@ def test_timeout_and_a_second_signal_during_shutdown(tmp_path, slow_model):
     # `timeout` signals its child; the second signal lands while that run is shutting down
     process = start(["timeout", "-s", "TERM", "--kill-after=60", "3600", *command(slow_model, folder)])
     wait_for_images(process, 2)
-    child = next(p for p in _children(process.pid) if "cluster.cli" in _cmdline(p))
+    child = next(p for p in _children(process.pid) if "cluster.entrypoints.cli" in _cmdline(p))
     os.kill(child, signal.SIGTERM)
     time.sleep(0.3)
     os.kill(child, signal.SIGTERM)
@@ -179,7 +179,7 @@ def test_sigkill_then_the_same_command_resumes_with_the_planned_seeds(tmp_path, 
 
 @pytest.mark.usefixtures("ray_session")
 def test_no_resume_starts_afresh_and_a_different_request_starts_clean(tmp_path):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
     from tests.helpers import make_request, quick_limits
 
     registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})
@@ -208,8 +208,8 @@ def test_no_resume_starts_afresh_and_a_different_request_starts_clean(tmp_path):
 
 
 def _key_of(registry, tmp_path) -> str:
-    from cluster.durability.journal import request_key
-    from cluster.run import _journal_key_fields
+    from cluster.output.durability.journal import request_key
+    from cluster.pipeline.stages.preflight import journal_key_fields as _journal_key_fields
     from tests.helpers import make_request
 
     request = make_request(registry, tmp_path, models="local", image_count=3, seed=7)
@@ -218,7 +218,7 @@ def _key_of(registry, tmp_path) -> str:
 
 @pytest.mark.slow  # a cluster of its own: `-m slow`, and CI
 def test_a_joined_clusters_head_dying_mid_run_is_img_019_with_a_partial_report(tmp_path, slow_model):
-    from cluster.warm import ray_cli
+    from cluster.entrypoints.warm import ray_cli
 
     temp = tempfile.mkdtemp(prefix="kd", dir="/tmp")
     env = run_env(RAY_TMPDIR=temp)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from cluster.cli import main
-from cluster.github_output import OUTPUT_NAMES, parse_outputs
-from cluster.png import decode, read_parameters
+from cluster.entrypoints.cli import main
+from cluster.output.github_output import OUTPUT_NAMES, parse_outputs
+from cluster.output.png import decode, read_parameters
 from tests.helpers import read_json
 
 pytestmark = pytest.mark.usefixtures("ray_session", "tiny_models")
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("ray_session", "tiny_models")
 def warm_tiny(ray_session, tiny_models):
     """tiny-flux and tiny-sd resident for this module's later tests (the first test runs cold),
     joined the way a workflow step joins a warm cluster: --address."""
-    from cluster.limits import load_limits
-    from cluster.warm import bring_down, bring_up
+    from cluster.planning.limits import load_limits
+    from cluster.entrypoints.warm import bring_down, bring_up
     from models.registry import load_registry
     from models.scorers import load_scoring
 

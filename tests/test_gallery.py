@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.gallery import RANDOM_WEIGHTS_NOTE, render_gallery
-from cluster.request import parse_request
+from cluster.output.gallery import RANDOM_WEIGHTS_NOTE, render_gallery
+from cluster.planning.request import parse_request
 from cluster.work import FailedImage, ImageTask
-from cluster.writer import write_run
+from cluster.output.writer import write_run
 from tests.helpers import generated, outcome_for
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,11 +11,11 @@ import json
 import pytest
 import yaml
 
-from actors.google_errors import classify, error_reasons
-from actors.google_generator import aspect_ratio, PREDICT_RATIOS
-from cluster.cli import main
-from cluster.github_output import parse_outputs
-from cluster.run import run_generation
+from actors.core.google_errors import classify, error_reasons
+from actors.core.google_generator import aspect_ratio, PREDICT_RATIOS
+from cluster.entrypoints.cli import main
+from cluster.output.github_output import parse_outputs
+from cluster.pipeline.run import run_generation
 from models.registry import load_registry
 from PIL import Image
 from tests.conftest import API_KEY

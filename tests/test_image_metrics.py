@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from cluster.image_metrics import generation_artifacts, technical_quality
-from cluster.quality import WEIGHTS, effective_weights, overall_score, quality_tier
+from cluster.quality.image_metrics import generation_artifacts, technical_quality
+from cluster.quality.score import WEIGHTS, effective_weights, overall_score, quality_tier
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_a_computed_score_on_a_boundary_gets_the_tier_it_is_reported_with(bound,
     overall = overall_score(detailed)
     assert round(overall, 4) == bound
     assert quality_tier(overall) == tier
-    from cluster.quality import make_score
+    from cluster.quality.score import make_score
 
     reported = make_score(detailed, {}).as_dict()
     assert (reported["overall_score"], reported["quality_tier"]) == (bound, tier)

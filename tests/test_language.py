@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.errors import ImageGenError
-from cluster.language.detect import detect, needs_translation
+from cluster.planning.language import detect, needs_translation
 from models.hub_cli import hub_command
 from tests.helpers import make_request, quick_limits, read_json
 
@@ -40,8 +40,8 @@ def test_which_models_need_a_translation(registry):
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_japanese_prompt_reaches_flux_translated_and_everything_records_both(tmp_path, registry, tiny_models):
-    from cluster.png import read_parameters
-    from cluster.run import run_generation
+    from cluster.output.png import read_parameters
+    from cluster.pipeline.run import run_generation
 
     request = make_request(registry, tmp_path, image_prompt=JAPANESE, models="tiny-flux", image_count=2,
                            translate="tiny-marian", scorer="none")
@@ -62,7 +62,7 @@ def test_a_japanese_prompt_reaches_flux_translated_and_everything_records_both(t
 
 @pytest.mark.usefixtures("ray_session")
 def test_translate_off_sends_the_original(tmp_path, registry, tiny_models):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     request = make_request(registry, tmp_path, image_prompt=JAPANESE, models="tiny-flux", translate="off", scorer="none")
     run_generation(request, registry, quick_limits())
@@ -73,7 +73,7 @@ def test_translate_off_sends_the_original(tmp_path, registry, tiny_models):
 
 @pytest.mark.usefixtures("ray_session")
 def test_no_translator_here_passes_the_original_through_unless_required(tmp_path, registry, tiny_models):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     # auto: NLLB and opus-mt are not in this machine's Hugging Face cache, and no Google credentials
     request = make_request(registry, tmp_path, image_prompt=JAPANESE, models="tiny-flux", scorer="none")
@@ -89,7 +89,7 @@ def test_no_translator_here_passes_the_original_through_unless_required(tmp_path
 
 @pytest.mark.usefixtures("ray_session")
 def test_gemini_translates_and_imagen_gets_the_original(vertex, tmp_path, registry, tiny_models):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     request = make_request(registry, tmp_path, image_prompt=JAPANESE, models="tiny-flux,imagen4-fast",
                            translate="gemini-flash", scorer="none")
@@ -105,7 +105,7 @@ def test_gemini_translates_and_imagen_gets_the_original(vertex, tmp_path, regist
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_gemini_translation_error_passes_through_or_fails_when_required(vertex, tmp_path, registry, tiny_models):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     vertex.modes["gemini-2.5-flash"] = "429:99"  # quota: IMG_006
     request = make_request(registry, tmp_path, image_prompt=JAPANESE, models="tiny-flux", translate="gemini-flash",
@@ -127,9 +127,9 @@ def test_a_gemini_translation_error_passes_through_or_fails_when_required(vertex
 def test_each_distinct_prompt_is_translated_once_and_a_warm_translator_remembers(tmp_path, registry, tiny_models):
     import ray
 
-    from cluster.resident import actor_handle, registry_actor
-    from cluster.run import run_generation
-    from cluster.warm import bring_down
+    from cluster.engine.resident import actor_handle, registry_actor
+    from cluster.pipeline.run import run_generation
+    from cluster.entrypoints.warm import bring_down
 
     try:
         for folder in ("one", "two"):

@@ -8,10 +8,10 @@ import urllib.request
 
 import pytest
 
-from cluster.cli import main
-from cluster.history import MIN_RUNS_FOR_RANKING, History
-from cluster.progress import ProgressState
-from cluster.run import run_generation
+from cluster.entrypoints.cli import main
+from cluster.observability.history import MIN_RUNS_FOR_RANKING, History
+from cluster.observability.progress import ProgressState
+from cluster.pipeline.run import run_generation
 from models.prompt_analysis import analyze_prompt
 from models.selection import select_models
 from tests.conftest import SESSION_INFO

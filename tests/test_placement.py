@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import ImageGenError
-from cluster.placement import (
+from cluster.planning.placement import (
     GPU_MEMORY_RESOURCE,
     NodeCapacity,
     check_placeable,
@@ -45,7 +45,9 @@ def test_bundle_asks_for_gpu_memory_and_the_share_of_a_card_it_is():
     (1, 34, 80, 0.425),
     (1, 24, 24, 1.0),        # exactly one card
     (1, 30, 24, 1.0),        # more than a card: a whole one (and node_fits refuses it)
-    (0.1, 2, 24, 0.0833),    # rounded down, so shares whose memory fits a card fit it
+    (0.05, 2, 24, 0.0833),   # rounded down, so shares whose memory fits a card fit it
+    (0.1, 2, 24, 0.1),       # never below the fraction the model declares
+    (0.5, 6, 24, 0.5),
     (0.5, 0, 24, 0.5),       # no memory declared: the declared share
     (1, 10, None, 1),        # cards of unknown size: the declared share
     (2, 40, 24, 2.0),        # several cards: whole ones
@@ -56,7 +58,7 @@ def test_gpu_share_table(declared, memory, card, share):
 
 
 def test_a_one_gpu_model_and_the_scorer_share_one_card_when_their_memory_fits():
-    from cluster.scoring import ActorScorer
+    from cluster.engine.scoring import ActorScorer
     from models.scorers import load_scoring
 
     card = [node("a", gpus=1, card_gb=24)]
@@ -99,7 +101,7 @@ def test_no_card_big_enough_is_img_010_naming_need_and_supply():
     with pytest.raises(ImageGenError) as info:
         check_placeable(big, replica_bundle(big, [node("a")]), [node("a"), node("b")])
     assert info.value.code == "IMG_010"
-    assert "gpu_memory_gb=40" in info.value.message and "24 GB" in info.value.message
+    assert "gpu_memory_gb=40" in info.value.message and "24 GiB" in info.value.message
 
 
 def test_two_cards_of_a_node_do_not_make_one_big_card():
@@ -123,6 +125,32 @@ def test_replica_count_from_images_max_parallel_and_free_gpus():
     # other runs hold most cards: only what is free now counts
     free = {"GPU": 1.0, GPU_MEMORY_RESOURCE: 24.0}
     assert replica_count(s, images=20, batch_size=2, max_parallel=8, bundle=bundle, nodes=nodes, free=free) == 2
+
+
+def test_fewer_replicas_than_asked_names_the_resource_that_ran_out():
+    """Four logical 24 GiB cards whose host RAM holds two FLUX replicas' plans: two, and why."""
+    from cluster.planning.placement import replica_capacity
+
+    four_cards = [NodeCapacity("a", "a", 16, 4, 96, 60 * 2**30)]
+    flux = spec(gpus=1, gpu_memory_gb=23.4, max_batch_size=4)
+    bundle = replica_bundle(flux, four_cards, memory_bytes=26 * 2**30, gpu_gb=23.4)
+    count, why = replica_capacity(flux, images=16, batch_size=4, max_parallel=4, bundle=bundle, nodes=four_cards)
+    assert count == 2 and "2 of the 4 replicas wanted: host memory ran out first" in why
+    roomy = [NodeCapacity("a", "a", 16, 4, 96, 200 * 2**30)]
+    assert replica_capacity(flux, images=16, batch_size=4, max_parallel=4, bundle=bundle, nodes=roomy) == (4, "")
+    count, why = replica_capacity(flux, images=16, batch_size=4, max_parallel=4, bundle=bundle, nodes=roomy,
+                                  free={"GPU": 3.0, GPU_MEMORY_RESOURCE: 72.0})
+    assert count == 3 and "GPUs free now ran out first" in why
+
+
+def test_a_replica_reserves_its_plans_host_memory_beside_its_images():
+    from cluster.planning.limits import load_limits
+    from cluster.planning.memory.planner import MemoryPlan
+    from cluster.planning.placement import host_bytes
+
+    limits = load_limits()
+    plan = MemoryPlan("group-offload", host_gb=38.0, batch=2)
+    assert host_bytes(spec(), plan, 2, limits.perf.memory_limit_per_image) == 38 * 2**30 + 2 * limits.perf.memory_limit_per_image
 
 
 @pytest.mark.slow  # a minute and more: `./scripts/test.sh -m slow` (CI runs it after the suite)

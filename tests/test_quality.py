@@ -13,11 +13,11 @@ import ray
 import torch
 from PIL import Image
 
-from actors.clip_scorer import AESTHETIC_EMBED_DIM, ClipScorer, ScoreItem, aesthetic_mlp
+from actors.core.clip_scorer import AESTHETIC_EMBED_DIM, ClipScorer, ScoreItem, aesthetic_mlp
 from cluster import env
-from cluster.quality import aesthetic_from_predictor, alignment_from_clipscore, clip_score
-from cluster.run import run_generation
-from cluster.scoring import ActorScorer, WeightFreeScorer, make_scorer
+from cluster.quality.score import aesthetic_from_predictor, alignment_from_clipscore, clip_score
+from cluster.pipeline.run import run_generation
+from cluster.engine.scoring import ActorScorer, WeightFreeScorer, make_scorer
 from models.scorers import ScorerSpec, load_scoring
 from models.hub_cli import hub_command
 from tests.helpers import generated, make_request, outcome_for, quick_limits, read_json, scripted_registry
@@ -255,7 +255,7 @@ def test_the_bundled_aesthetic_head_is_declared_on_openai_vit_l14(tmp_path, monk
     import huggingface_hub.constants as hf_constants
     from open_clip.constants import OPENAI_DATASET_MEAN
 
-    from actors.clip_scorer import open_clip_args
+    from actors.core.clip_scorer import open_clip_args
 
     spec = load_scoring().get("vit-l-14")
     emb = spec.aesthetic_embedding
@@ -289,7 +289,7 @@ def test_missing_clip_weights_fall_back_with_the_reason():
 
 @pytest.mark.usefixtures("ray_session")
 def test_the_scorer_actor_scores_a_batch(tiny_scorer):
-    from cluster.placement import cluster_nodes
+    from cluster.engine.nodes import cluster_nodes
 
     scorer = ActorScorer(load_scoring().get("tiny-clip"), cluster_nodes())
     try:
@@ -352,7 +352,7 @@ def test_run_with_tiny_clip_writes_every_score(tmp_path):
 
 
 def test_the_comparison_names_the_best_and_the_most_consistent_model(registry, tmp_path):
-    from cluster.report import model_comparison
+    from cluster.output.report import model_comparison
 
     request = make_request(registry, tmp_path, models="tiny-flux")  # the models below are only names
     planted = {"steady": [0.60, 0.61, 0.62], "best": [0.70, 0.95, 0.80], "erratic": [0.20, 0.90, 0.50]}
@@ -369,7 +369,7 @@ def test_the_comparison_names_the_best_and_the_most_consistent_model(registry, t
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_scorer_lost_mid_run_falls_back_and_says_why():
-    from cluster.placement import cluster_nodes
+    from cluster.engine.nodes import cluster_nodes
 
     scorer = ActorScorer(load_scoring().get("tiny-clip"), cluster_nodes())
     assert scorer.describe()["name"] == "tiny-clip"  # loaded

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.ray_runtime import Card, LocalGpus, detect_local_gpus, find_running_cluster, visible_cards
+from cluster.engine.ray_runtime import Card, LocalGpus, detect_local_gpus, find_running_cluster, visible_cards
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = [Card("0", "GPU-8a3f0c1e-1111-2222-3333-444455556666", 24.0),
@@ -61,6 +61,24 @@ def test_detection_through_nvidia_smi_says_why_no_gpu_is_used(tmp_path, monkeypa
     assert "empty" in detect_local_gpus().note
 
 
+def test_cards_are_numbered_in_pci_order_as_nvidia_smi_numbers_them(tmp_path, monkeypatch):
+    """nvidia-smi lists cards in PCI bus order; CUDA (and so CUDA_VISIBLE_DEVICES) numbers the
+    fastest first unless told otherwise: the project's processes, and the Ray it starts, are told."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    rows = "\\n".join(f"{c.index}, {c.uuid}, {int(c.memory_gb * 1024)}" for c in CARDS)
+    fake.write_text(f"#!/bin/sh\nprintf '{rows}\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    found = detect_local_gpus()
+    assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and found.count == len(CARDS) and not found.note
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")  # the user's own: kept, and said
+    found = detect_local_gpus()
+    assert os.environ["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST" and "nvidia-smi" in found.note
+
+
 # --- a cluster running on this machine -------------------------------------------------------
 
 def ray_env(temp: str) -> dict:
@@ -73,7 +91,7 @@ def ray_env(temp: str) -> dict:
 def running_cluster():
     """`ray start --head` with one 24 GB logical GPU, as `multi-image cluster up` starts on a
     one-card machine; stopped by killing its own processes (`ray stop` would stop every Ray here)."""
-    from cluster.warm import ray_cli
+    from cluster.entrypoints.warm import ray_cli
 
     temp = tempfile.mkdtemp(prefix="kr", dir="/tmp")  # short: Ray's socket paths live under it
     env = ray_env(temp)
@@ -113,7 +131,7 @@ def one_gpu_registry(tmp_path_factory, tiny_models):
 
 
 def cli(cluster: dict, cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=cwd, env=cluster["env"],
+    return subprocess.run([sys.executable, "-m", "cluster.entrypoints.cli", *args], cwd=cwd, env=cluster["env"],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -188,7 +206,7 @@ def test_a_stale_address_file_is_not_joined(tmp_path, monkeypatch):
 def test_commands_never_join_a_private_embedded_instance(tmp_path):
     import ray
 
-    from cluster.resident import registry_actor
+    from cluster.engine.resident import registry_actor
 
     registry = registry_actor()
     before = set(e["name"] for e in ray.get(registry.entries.remote()))
@@ -198,7 +216,7 @@ def test_commands_never_join_a_private_embedded_instance(tmp_path):
         for args in (["cluster", "status"], ["cluster", "down"],
                      ["generate", "--image-prompt", "a fox", "--folder-name", "out", "--models", "tiny-flux",
                       "--address", "auto", "--scorer", "none"]):
-            done = subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=tmp_path, env=env,
+            done = subprocess.run([sys.executable, "-m", "cluster.entrypoints.cli", *args], cwd=tmp_path, env=env,
                                   capture_output=True, text=True, timeout=180)
             assert done.returncode == 1, (args, done.stdout, done.stderr[-2000:])
             assert "error IMG_019: " in done.stderr and "multi-image cluster up" in done.stderr, done.stderr[-2000:]
@@ -210,7 +228,7 @@ def test_commands_never_join_a_private_embedded_instance(tmp_path):
 
 def test_joining_says_nothing_of_rays_token_default(running_cluster, tmp_path):
     env = {k: v for k, v in running_cluster["env"].items() if k != "RAY_AUTH_MODE"}  # as in a fresh shell
-    done = subprocess.run([sys.executable, "-m", "cluster.cli", "cluster", "status"], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "cluster.entrypoints.cli", "cluster", "status"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Token authentication" not in done.stdout + done.stderr and "RAY_AUTH_MODE" not in done.stderr
@@ -219,7 +237,7 @@ def test_joining_says_nothing_of_rays_token_default(running_cluster, tmp_path):
 KILLED_MID_TASK = """
 import os, signal, sys, time
 import ray
-from cluster.ray_runtime import RayRuntime
+from cluster.engine.ray_runtime import RayRuntime
 
 with RayRuntime("local", debug=False):
     @ray.remote(max_restarts=1, max_task_retries=1)

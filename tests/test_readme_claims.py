@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cluster.gallery import render_gallery
-from cluster.writer import write_run
+from cluster.output.gallery import render_gallery
+from cluster.output.writer import write_run
 from tests.helpers import generated, make_request, outcome_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,22 +54,26 @@ def test_the_output_layout_lists_every_file_a_run_writes(registry, tmp_path):
 
 
 def test_the_memory_plan_table_is_the_planners_at_the_batch_it_states():
-    from cluster.memory.planner import Need, choose
-    from cluster.memory.sizes import architecture_sizes
+    from cluster.planning.memory.planner import Need, choose
+    from cluster.planning.memory.sizes import architecture_sizes
 
     text = readme_section("Real models on your GPU")
     assert "**batch 1**" in text
-    table = re.search(r"\| card \| host RAM (\d+) GB \| host RAM (\d+) GB \|\n.*?\n((?:\s*\|.*\|\n)+)", text)
+    table = re.search(r"\| card \(GiB\) \| host RAM (\d+) GiB \| host RAM (\d+) GiB \|\n.*?\n((?:\s*\|.*\|\n)+)", text)
     hosts = [int(table.group(1)), int(table.group(2))]
     sizes = architecture_sizes("flux1-schnell")
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.group(3).splitlines()]
     assert len(rows) == 4
     for card, *cells in rows:
-        cards = [int(n) for n in re.findall(r"\d+", card)]
+        bounds = [int(n) for n in re.findall(r"\d+", card)]
+        cards = list(range(bounds[0], bounds[-1] + 1))  # every whole GiB the row names
         if "and up" in card:
             cards.append(141)  # the largest card people have
         for host, cell in zip(hosts, cells):
-            label, footprint = re.fullmatch(r"`(.+)` \((\S+) GB\)", cell).groups()
             for card_gb in cards:
                 plan = choose(sizes, Need(card_gb, host, 1)).plan
-                assert (plan.label, plan.gpu_gb) == (label, float(footprint)), (card_gb, host)
+                if cell == "none fits":
+                    assert plan is None, (card_gb, host)
+                    continue
+                label, footprint = re.fullmatch(r"`(.+)` \((\S+) GiB\)", cell).groups()
+                assert plan is not None and (plan.label, plan.gpu_gb) == (label, float(footprint)), (card_gb, host)

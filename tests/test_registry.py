@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from cluster.errors import ImageGenError
-from cluster.planner import make_plan
-from cluster.request import parse_request
+from cluster.planning.planner import make_plan
+from cluster.planning.request import parse_request
 from models import availability
 from models.hub_cli import hub_command
 from models.registry import load_registry

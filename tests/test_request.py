@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import ImageGenError
-from cluster.request import parse_request
+from cluster.planning.request import parse_request
 
 
 def parse(registry, tmp_path, **raw):

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.cli import main
+from cluster.entrypoints.cli import main
 from cluster.errors import ImageGenError
-from cluster.github_output import parse_outputs
-from cluster.request import parse_request
-from cluster.run import run_generation
+from cluster.output.github_output import parse_outputs
+from cluster.planning.request import parse_request
+from cluster.pipeline.run import run_generation
 from tests.helpers import make_request, quick_limits, read_json, scripted_registry
 from tests.scripted_backend import read_log
 
@@ -181,7 +181,7 @@ def test_a_signal_stops_new_work_and_writes_a_consistent_partial_report(tmp_path
 
     registry = scripted_registry(tmp_path, {"slow": {"script": {"latency": 0.8}}})
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "cluster.cli", "generate", "--image-prompt", "a fox", "--folder-name", str(out),
+    command = [sys.executable, "-m", "cluster.entrypoints.cli", "generate", "--image-prompt", "a fox", "--folder-name", str(out),
                "--models", "slow", "--image-count", "8", "--max-parallel", "1", "--config", str(registry.path),
                "--address", ray.get_runtime_context().gcs_address]
     # run from the repository root: the joined cluster's workers import the scripted model from there
@@ -245,7 +245,7 @@ def test_any_input_validates_or_gives_an_img_error(registry, tmp_path, raw):
                                                 "--seed", "--bogus", "-x", "--", "--max-parallel=2"]),
                                st.text(max_size=12)), max_size=8))
 def test_any_command_line_gives_a_request_or_an_img_error(argv):
-    from cluster.cli import build_parser
+    from cluster.entrypoints.cli import build_parser
 
     if any(a in ("-h", "--help") or a.startswith("--h") for a in argv):
         return

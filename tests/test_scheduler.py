@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cluster.errors import ImageGenError
-from cluster.run import run_generation
+from cluster.pipeline.run import run_generation
 from tests.helpers import make_request, quick_limits, read_json, scripted_registry
 from tests.scripted_backend import max_overlap, read_log
 
@@ -123,7 +123,7 @@ def test_total_timeout_stops_cleanly_with_what_it_has(tmp_path):
 
 def test_a_run_the_total_timeout_stops_before_it_starts_says_img_003_and_what_to_raise(tmp_path, capsys):
     # the limit passed while the run was still getting ready (Ray starting, models loading)
-    from cluster.cli import _print_summary
+    from cluster.entrypoints.cli import _print_summary
 
     registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.1}}})
     request = make_request(registry, tmp_path, models="local", image_count=3)

@@ -8,8 +8,9 @@ import time
 import pytest
 import ray
 
-from cluster.placement import GPU_MEMORY_RESOURCE, cluster_nodes
-from cluster.scoring import ActorScorer, WeightFreeScorer, make_scorer
+from cluster.engine.nodes import cluster_nodes
+from cluster.planning.placement import GPU_MEMORY_RESOURCE
+from cluster.engine.scoring import ActorScorer, WeightFreeScorer, make_scorer
 from models.scorers import load_scoring
 from tests.helpers import generated, make_request, quick_limits, read_json, scripted_registry
 
@@ -41,7 +42,7 @@ def test_a_scorer_with_no_room_gives_up_within_the_placement_timeout(every_gpu_h
 
 
 def test_a_scorer_no_node_could_hold_is_refused_at_once():
-    from cluster.placement import NodeCapacity
+    from cluster.planning.placement import NodeCapacity
 
     tiny_cards = [NodeCapacity("n", "n", 8, 1, 0.05, 64e9)]  # a 50 MB card cannot hold tiny-clip's 100 MB
     scorer = make_scorer("tiny-clip", load_scoring(), tiny_cards)
@@ -53,7 +54,7 @@ def test_a_run_places_its_models_before_its_scorer(tmp_path):
     card first would leave one of them no card at all; started after them, it scores once they let go."""
     registry = scripted_registry(tmp_path, {
         name: {"gpus": 1, "gpu_memory_gb": 24, "script": {"latency": 0.05}} for name in ("left", "right")})
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     request = make_request(registry, tmp_path, models="left,right", image_count=2, scorer="tiny-clip")
     result = run_generation(request, registry, quick_limits())
@@ -85,7 +86,7 @@ class BrokenScorer:
 
 
 def test_a_scorer_that_raises_leaves_weight_free_scores_and_the_images(tmp_path):
-    from cluster.run import run_generation
+    from cluster.pipeline.run import run_generation
 
     registry = scripted_registry(tmp_path, {"local": {"script": {"latency": 0.05}}})
     request = make_request(registry, tmp_path, models="local", image_count=2)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cluster.api.keys import digest
+from cluster.entrypoints.api.keys import digest
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-kamui-test-0123456789abcdef"
@@ -58,10 +58,10 @@ def server(ray_session, tiny_models, tmp_path_factory):
 
     import dataclasses
 
-    from cluster.api.app import ServerConfig
-    from cluster.api.server import deploy, undeploy
-    from cluster.limits import load_limits
-    from cluster.warm import bring_down, bring_up
+    from cluster.entrypoints.api.app import ServerConfig
+    from cluster.entrypoints.api.server import deploy, undeploy
+    from cluster.planning.limits import load_limits
+    from cluster.entrypoints.warm import bring_down, bring_up
     from models.registry import load_registry
     from models.scorers import load_scoring
 
@@ -97,7 +97,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_b64_images_at_the_requested_size_with_their_metadata(client):
-    from cluster.png import read_parameters
+    from cluster.output.png import read_parameters
 
     result = client.images.generate(model="tiny-flux", prompt="a lighthouse at dusk", n=2, size="64x64",
                                     response_format="b64_json", user="test-user")
@@ -129,7 +129,7 @@ def test_with_an_upload_uri_url_images_point_at_gcs_with_the_servers_own_environ
     from google.cloud import storage as gcs
 
     from cluster import env
-    from cluster.api.server import deploy
+    from cluster.entrypoints.api.server import deploy
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{gcs_emulator}")
     uploading = dataclasses.replace(server["config"], upload_uri="gs://kamui-test/serve", environment=env.forwarded())
@@ -281,7 +281,7 @@ def envelope_code(payload: bytes) -> str:
 def test_bodies_over_the_limit_declared_or_chunked_and_slow_bodies_are_refused_before_any_work(server):
     """The limit: 64 KB beside the prompt, and room for the longest prompt a model of the server
     reads (here Gemini's 32,768 tokens: 131,072 characters, 6 bytes each escaped in JSON)."""
-    from cluster.api.schema import max_body_bytes
+    from cluster.entrypoints.api.schema import max_body_bytes
     from models.registry import load_registry
 
     limit = max_body_bytes(load_registry(server["config"].config))
@@ -335,7 +335,7 @@ def test_failures_answer_what_a_client_can_act_on_and_the_rest_goes_to_the_log(s
 
 
 def test_run_messages_in_the_apis_terms():
-    from cluster.api.wording import public_error
+    from cluster.entrypoints.api.wording import public_error
     from cluster.errors import ImageGenError
 
     def said(code: str, message: str, route: str = "multi-image") -> tuple[str, str | None]:
@@ -356,7 +356,7 @@ def test_run_messages_in_the_apis_terms():
 
 
 def test_no_schema_is_served_and_the_key_variable_leaves_the_environment(server, monkeypatch):
-    from cluster.api.server import load_keys, parse_public_url
+    from cluster.entrypoints.api.server import load_keys, parse_public_url
     from cluster.errors import ImageGenError
 
     status, body = get(f"{server['url']}/openapi.json")
@@ -460,7 +460,7 @@ def test_multi_image_folders_are_their_keys_own_need_the_key_and_expire(server):
 def test_the_data_directory_sweeps_expired_folders_and_one_folder_has_one_writer(tmp_path):
     import os
 
-    from cluster.api.storage import DataDir
+    from cluster.entrypoints.api.storage import DataDir
     from cluster.errors import ImageGenError
 
     abandoned = [tmp_path / "images/.abc.multi-image-journal/parts", tmp_path / "multi-image/owner/.x.multi-image-staging-1"]
@@ -551,7 +551,7 @@ def test_what_a_request_leaves_in_a_long_running_server_is_bounded():
     import gc
     import tracemalloc
 
-    from cluster.resident import registry_actor
+    from cluster.engine.resident import registry_actor
 
     for _ in range(5):  # the first lookups load what every later one shares
         registry_actor()
@@ -571,7 +571,7 @@ def test_what_a_request_leaves_in_a_long_running_server_is_bounded():
 def test_answers_that_a_retry_cannot_change_tell_clients_not_to_retry():
     """The openai client retries 429 and 5xx twice by default, each retry a whole new run: a
     timeout, a spent budget or a full disk would only be met again."""
-    from cluster.api.app import error_response
+    from cluster.entrypoints.api.app import error_response
     from cluster.errors import ImageGenError
 
     def retry_header(code: str) -> str | None:
@@ -596,8 +596,8 @@ def test_a_second_server_never_moves_or_replaces_the_first(server, tmp_path, cap
     nothing listens, and one asked for the same would replace the running app and its keys."""
     import dataclasses
 
-    from cluster.api.server import deploy
-    from cluster.cli import main
+    from cluster.entrypoints.api.server import deploy
+    from cluster.entrypoints.cli import main
     from cluster.errors import ImageGenError
 
     keyless = dataclasses.replace(server["config"], key_digests=())
@@ -616,7 +616,7 @@ def test_a_second_server_never_moves_or_replaces_the_first(server, tmp_path, cap
 
 
 def test_the_serve_command_refuses_an_open_bind_without_a_key(capsys):
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "error IMG_011" in capsys.readouterr().err
@@ -638,7 +638,7 @@ def test_the_serve_command_reports_its_url_and_a_signal_answers_the_requests_in_
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KAMUI_TEST_KEY": KEY}
     env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--address", "local",
+    process = subprocess.Popen([sys.executable, "-m", "cluster.entrypoints.cli", "serve", "--port", str(port), "--address", "local",
                                 "--api-key-env", "KAMUI_TEST_KEY", "--data-dir", str(tmp_path / "data"),
                                 "--scorer", "none", "--config", str(models)],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -671,7 +671,7 @@ def test_the_serve_command_reports_its_url_and_a_signal_answers_the_requests_in_
 
 
 def test_a_per_key_daily_budget_holds_each_requests_estimate_and_keeps_only_today():
-    from cluster.api.keys import KeyBudgets
+    from cluster.entrypoints.api.keys import KeyBudgets
     from cluster.errors import ImageGenError
 
     now = [1_700_000_000.0]
@@ -693,7 +693,7 @@ def test_a_per_key_daily_budget_holds_each_requests_estimate_and_keeps_only_toda
 
 
 def test_a_run_that_failed_after_generating_is_charged_for_what_it_made():
-    from cluster.api.app import Job
+    from cluster.entrypoints.api.app import Job
 
     job = Job(prices={"tiny-flux": 0.004, "imagen4-fast": 0.02})
     for model in ("tiny-flux", "imagen4-fast", "tiny-flux"):
@@ -703,7 +703,7 @@ def test_a_run_that_failed_after_generating_is_charged_for_what_it_made():
 
 
 def test_a_per_key_budget_without_keys_is_refused(capsys, tmp_path):
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     assert main(["serve", "--budget-usd-per-key-day", "1", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -713,7 +713,7 @@ def test_a_per_key_budget_without_keys_is_refused(capsys, tmp_path):
 def test_stopping_the_server_stops_the_serve_proxy_it_started(server):
     """Last in this module: it ends the module's server. A proxy left running would keep the next
     server on its address (0.0.0.0 included) whatever that one asked for."""
-    from cluster.api.server import _running_serve, undeploy
+    from cluster.entrypoints.api.server import _running_serve, undeploy
 
     assert server["deployment"].started_serve
     undeploy(server["deployment"])

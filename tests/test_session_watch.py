@@ -1,5 +1,5 @@
 """An embedded Ray instance does not outlive its owner: a SIGKILLed `generate` or `serve` leaves
-no Ray process and no session folder behind (cluster/session_watch.py), and a session whose owner
+no Ray process and no session folder behind (cluster/engine/session_watch.py), and a session whose owner
 and watcher both died is removed by the next embedded start.
 
 Each test runs its Ray in a RAY_TMPDIR of its own, so what it asserts about /tmp/ray is its own."""
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from cluster import session_watch
+from cluster.engine import session_watch
 
 ROOT = Path(__file__).resolve().parent.parent
 GONE_WITHIN_S = 15  # the agents alone would linger 60 s (Ray's fixed timeout on the dead GCS)
 
 HOLD_RAY = """
 import time
-from cluster.ray_runtime import RayRuntime
+from cluster.engine.ray_runtime import RayRuntime
 
 with RayRuntime("local") as runtime:
     print(runtime.session_dir, flush=True)

@@ -11,7 +11,7 @@ from models.registry import SpeedOptions
 
 
 def generator(registry, **options):
-    from actors.diffusers_generator import DiffusersGenerator
+    from actors.core.diffusers_generator import DiffusersGenerator
     from cluster import env
 
     spec = registry.get("tiny-flux")
@@ -28,7 +28,7 @@ def task(index: int = 0):
 def test_auto_applies_what_the_cpu_can_and_says_why_it_skipped_the_rest(tiny_models, registry):
     speed = generator(registry).speed.as_dict()
     assert speed["applied"] == {}
-    assert "CUDA only" in speed["skipped"]["compile"]
+    assert "auto compiles on CUDA only (set compile: on" in speed["skipped"]["compile"]
     assert "auto quantizes on CUDA cards only" in speed["skipped"]["quantize"]  # torchao is a test extra
     assert set(speed["skipped"]) == {"compile", "quantize", "attention_backend", "cache"}
 
@@ -41,7 +41,7 @@ def test_a_first_block_cache_and_the_native_attention_backend_run_on_the_cpu(tin
     plain_calls, cached_calls = computed_blocks(plain), computed_blocks(cached)
     (a,), (b,) = plain.generate([task()]), cached.generate([task()])
     assert b.nonfinite_fraction == 0.0
-    from cluster.png import decode
+    from cluster.output.png import decode
 
     assert np.asarray(decode(b.png)).std() > 0
     # the cache is the blocks after the first not computed on the steps it reuses: counted at each
@@ -80,7 +80,7 @@ def test_int8_quantization_runs_through_torchao_on_the_cpu(tiny_models, registry
     assert bytes_of(weights) * 4 == bytes_of(linear_weights(plain))
     (a,), (b,) = plain.generate([task()]), quantized.generate([task()])
     assert b.nonfinite_fraction == 0.0 and a.png != b.png
-    from cluster.png import decode
+    from cluster.output.png import decode
 
     assert np.asarray(decode(b.png)).std() > 0
 
@@ -97,7 +97,6 @@ def test_quantize_without_torchao_is_refused_when_asked_and_skipped_under_auto(t
 
 
 @pytest.mark.parametrize("options, says", [
-    ({"compile": "on"}, "CUDA only"),
     ({"quantize": "fp8"}, "fp8 needs a CUDA card"),
     ({"attention_backend": "flash"}, "needs a CUDA device"),
     ({"attention_backend": "warp-drive"}, "is not one of diffusers'"),
@@ -111,7 +110,7 @@ def test_an_explicit_option_the_device_cannot_use_is_refused_at_load(tiny_models
 def test_flux_schnell_arch_is_refused_without_a_gpu_before_building(registry):
     import torch
 
-    from actors.diffusers_generator import DiffusersGenerator
+    from actors.core.diffusers_generator import DiffusersGenerator
     from cluster import env
 
     if torch.cuda.is_available():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cluster.limits import load_limits
-from cluster.replicas import ModelGroup, Replica
-from cluster.retry import RetryPolicy, TaskState
-from cluster.scheduler import Scheduler
-from cluster.strategies import SequentialSource
+from cluster.planning.limits import load_limits
+from cluster.engine.replicas import ModelGroup, Replica
+from cluster.engine.retry import RetryPolicy, TaskState
+from cluster.engine.scheduler import Scheduler
+from cluster.planning.strategies import SequentialSource
 from cluster.work import GeneratedImage, ImageTask
 from models.prompt_analysis import analyze_prompt
 from models.registry import ModelSpec, RateLimit

@@ -9,8 +9,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from cluster.errors import ImageGenError
-from cluster.run import run_generation
-from cluster.uploader import GcsUploader, UploadConfig, parse_gcs_uri, public_url
+from cluster.pipeline.run import run_generation
+from cluster.output.uploader import GcsUploader, UploadConfig, public_url
+from cluster.planning.request import parse_gcs_uri
 from tests.helpers import make_request, quick_limits, read_json, scripted_registry
 
 pytestmark = pytest.mark.usefixtures("ray_session")

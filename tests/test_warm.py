@@ -10,11 +10,11 @@ import time
 import pytest
 import ray
 
-from cluster.batch import build_entries, finished_report, run_batch, summary_table
-from cluster.events import Events
-from cluster.resident import actor_handle, registry_actor
-from cluster.run import run_generation
-from cluster.warm import bring_down, bring_up, status
+from cluster.entrypoints.batch import build_entries, finished_report, run_batch, summary_table
+from cluster.observability.events import Events
+from cluster.engine.resident import actor_handle, registry_actor
+from cluster.pipeline.run import run_generation
+from cluster.entrypoints.warm import bring_down, bring_up, status
 from models.scorers import load_scoring
 from tests.helpers import make_request, quick_limits, read_json, scripted_registry
 from tests.scripted_backend import max_overlap, read_log

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from cluster import writer as writer_module
-from cluster.github_output import OUTPUT_NAMES, format_outputs, parse_outputs
-from cluster.png import read_parameters
-from cluster.request import parse_request
-from cluster.run import step_outputs
+from cluster.output import writer as writer_module
+from cluster.output.github_output import OUTPUT_NAMES, format_outputs, parse_outputs
+from cluster.output.png import read_parameters
+from cluster.planning.request import parse_request
+from cluster.pipeline.stages.publish import step_outputs
 from cluster.work import Attempt, FailedImage, ImageTask
-from cluster.writer import write_run
+from cluster.output.writer import write_run
 from tests.helpers import generated, outcome_for, read_json
 
 SEED_IMAGE_FIELDS = {"index", "filename", "model_used", "generation_time_seconds", "google_url", "quality_score",

@@ -90,7 +90,7 @@ def test_what_each_model_cut_is_in_the_report_the_events_and_one_summary_line(ve
     """tiny-flux (counted on its replica) and imagen4-fast (estimated: its tokenizer is Google's)
     with a 2,400-character prompt: each image says what its model's encoders cut, the report says
     it per model, and the summary in one `note:` line."""
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     prompt = ("a lighthouse on a cliff at dusk, waves breaking below, gulls over the water, " * 40)[:2400].strip()
     code = main(["generate", "--image-prompt", prompt, "--folder-name", "out", "--models", "tiny-flux,imagen4-fast",
@@ -113,7 +113,7 @@ def test_what_each_model_cut_is_in_the_report_the_events_and_one_summary_line(ve
 
 @pytest.mark.usefixtures("ray_session", "tiny_models")
 def test_a_prompt_every_encoder_reads_whole_reports_no_cut(tmp_path, capsys):
-    from cluster.cli import main
+    from cluster.entrypoints.cli import main
 
     assert main(["generate", "--image-prompt", "a red fox", "--folder-name", "out", "--models", "tiny-flux",
                  "--scorer", "none"]) == 0

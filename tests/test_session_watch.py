@@ -126,7 +126,7 @@ def test_a_sigkilled_serve_leaves_no_ray_processes_and_no_session_folder(tmp_pat
 
     temp = tempfile.mkdtemp(prefix="kr", dir="/tmp")
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--address", "local",
+    process = subprocess.Popen([sys.executable, "-m", "cluster.entrypoints.cli", "serve", "--port", str(port), "--address", "local",
                                 "--data-dir", str(tmp_path / "data"), "--scorer", "none"],
                                cwd=ROOT, env=ray_env(temp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)

@@ -181,8 +181,9 @@ def model_sizes(plan: Plan) -> dict[str, tuple[int, int]]:
 
 def fallback_specs(plan: Plan, registry: Registry) -> list[ModelSpec]:
     """Models a failed image may move to, fastest first: the plan's, then other available ones."""
+    adapters = load_adapters() if plan.adapters else None
     candidates = list(plan.specs.values()) + [
         s for s in registry if s.auto_select and s.id not in plan.specs and availability.check(s).ok
-        and all(fits(load_adapters().get(a.id), s) for a in plan.adapters)  # an image keeps its look
+        and (adapters is None or all(fits(adapters.get(a.id), s) for a in plan.adapters))  # an image keeps its look
     ]
     return sorted(candidates, key=lambda s: (-s.speed, s.id not in plan.specs, s.id))

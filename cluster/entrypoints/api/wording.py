@@ -85,7 +85,8 @@ def _budget_error(message: str) -> ApiError:
     found = _BUDGET.search(message)
     if found is None:
         return ApiError("IMG_029", message)
-    left = f"what this API key has left today ({format_usd(float(found.group(1).replace(",", "")))})"
+    amount = float(found.group(1).replace(",", ""))
+    left = f"what this API key has left today ({format_usd(amount)})"
     if message.startswith("even one image"):
         return ApiError("IMG_029", f"even one image is estimated above {left}.")
     estimated = re.search(r"estimated at \$([0-9.,]+)", message)

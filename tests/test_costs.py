@@ -90,7 +90,10 @@ def test_fit_refuses_or_degrades_and_the_tracker_never_lets_spending_cross(regis
            "imagen4-fast": Estimate("imagen4-fast", 2, 0.02, None, "list")}
     with pytest.raises(ImageGenError) as refused:
         fit(tasks, est, 0.10, "refuse", None)
-    assert refused.value.code == "IMG_029" and "$0.160000" in refused.value.message
+    assert refused.value.code == "IMG_029" and "estimated at $0.16, over --budget-usd $0.10" in refused.value.message
+    with pytest.raises(ImageGenError) as tiny:  # amounts as people read them, never `$1e-05`
+        fit(tasks, est, 0.00001, "refuse", None)
+    assert "over --budget-usd $0.00001 " in tiny.value.message and "e-0" not in tiny.value.message
     kept, note = fit(tasks, est, 0.10, "degrade", lambda t, m: t.with_model(m, None, None, 1024, 1024))
     assert [t.model for t in kept] == ["imagen4-fast"] * 4 and note["images_moved"] == 2 and note["images_dropped"] == 0
     kept, note = fit(tasks, est, 0.05, "degrade", lambda t, m: t.with_model(m, None, None, 1024, 1024))

@@ -373,9 +373,11 @@ def test_run_messages_in_the_apis_terms():
     assert "/srv" not in disk and "--" not in disk and "reference" in disk
     died, _ = said("IMG_020", "ActorDiedError: The actor died unexpectedly. actor_id=9f3e pid=4242 ip=10.0.0.7")
     assert "actor" not in died.lower() and "4242" not in died and "10.0.0.7" not in died
-    budget, _ = said("IMG_029", "the plan is estimated at $0.060000, over --budget-usd $0.05 (imagen4-ultra: ...); "
+    budget, _ = said("IMG_029", "the plan is estimated at $0.06, over --budget-usd $0.05 (imagen4-ultra: ...); "
                                 "ask for fewer images or cheaper models, or use --budget-policy degrade.")
-    assert "--" not in budget and "$0.060000" in budget and "left today ($0.050000)" in budget
+    assert "--" not in budget and "estimated at $0.06," in budget and "left today ($0.05)" in budget
+    large, _ = said("IMG_029", "the plan is estimated at $1,250.00, over --budget-usd $1,200.00 (...); ask ...")
+    assert "estimated at $1,250.00," in large and "left today ($1,200.00)" in large
 
 
 def test_no_schema_is_served_and_the_key_variable_leaves_the_environment(server, monkeypatch):

@@ -48,7 +48,7 @@ def test_a_partial_run_stopped_by_the_total_timeout_says_so_though_it_exits_0(re
 
 
 def test_money_keeps_small_costs_visible():
-    from cluster.output.money import format_usd
+    from cluster.planning.costs.money import format_usd
 
     assert [format_usd(v) for v in (0, 0.00001, 0.000042, 0.0183, 0.05, 0.5, 12.345)] == \
         ["$0", "$0.00001", "$0.000042", "$0.018", "$0.05", "$0.50", "$12.35"]

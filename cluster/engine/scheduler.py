@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.planning.costs.budget import BudgetTracker
+from cluster.planning.costs.money import format_usd
 from cluster.errors import ImageGenError, as_image_error, describe_exception
 from cluster.observability.events import Events
 from cluster.planning.limits import Limits
@@ -254,8 +255,8 @@ class Scheduler:
         affordable = self.budget.affordable(model, len(batch))
         if affordable == len(batch):
             return batch
-        reason = (f"not started: it would cross --budget-usd ${self.budget.budget:g} (about "
-                  f"${self.budget.spent + self.budget.reserved:.6f} spent or running, ${self.budget.price(model):.6f} "
+        reason = (f"not started: it would cross --budget-usd {format_usd(self.budget.budget)} (about "
+                  f"{format_usd(self.budget.spent + self.budget.reserved)} spent or running, {format_usd(self.budget.price(model))} "
                   f"per image of {model})")
         for state in batch[affordable:]:
             self._fail(state, "IMG_029", reason)

@@ -32,6 +32,7 @@ from cluster.observability.history import History
 from cluster.pipeline.context import RunContext
 from cluster.pipeline.run import run_request
 from cluster.planning.limits import Limits
+from cluster.planning.costs.money import format_usd
 from cluster.planning.request import GenerationRequest, parse_request
 from models.registry import Registry
 
@@ -245,7 +246,7 @@ def _run_entry(entry: Entry, context: RunContext, spending: _Spending) -> EntryR
         if held <= 1e-9:
             events.emit("entry_skipped", entry=entry.id, reason="budget")
             return EntryResult(entry.id, "skipped_budget", 1, codes=["IMG_029"], folder=folder,
-                               message=f"not started: the manifest's budget (${spending.budget_usd:g}) is spent")
+                               message=f"not started: the manifest's budget ({format_usd(spending.budget_usd)}) is spent")
         request = request.model_copy(update={"budget_usd": held})
     tagged = Events(*[(lambda event, sink=sink: sink({**event, "entry": entry.id})) for sink in events.sinks])
     started = time.monotonic()
@@ -269,7 +270,7 @@ def _run_entry(entry: Entry, context: RunContext, spending: _Spending) -> EntryR
 
 
 def summary_table(results: list[EntryResult]) -> str:
-    from cluster.output.money import format_usd
+    from cluster.planning.costs.money import format_usd
 
     header = ("id", "status", "images", "failed", "codes", "seconds", "cost")
     rows = [(r.id, r.status, str(r.images), str(r.failed), ",".join(r.codes) or "—", f"{r.seconds:.1f}",

@@ -397,7 +397,7 @@ def _cluster_down(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     from cluster.observability.history import History
-    from cluster.output.money import format_usd
+    from cluster.planning.costs.money import format_usd
 
     history = History(args.history_db)
     summary = history.summary()

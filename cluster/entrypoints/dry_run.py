@@ -247,6 +247,6 @@ def budget_change(degradation: dict) -> str:
 
 def usd(amount: float | None) -> str:
     """Money as people read it: cents for sums of a cent and more, else enough digits to be seen."""
-    from cluster.output.money import format_usd
+    from cluster.planning.costs.money import format_usd
 
     return format_usd(amount)

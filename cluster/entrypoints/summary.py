@@ -3,7 +3,7 @@ the way (the report holds the detail; these lines say that it is there)."""
 
 from __future__ import annotations
 
-from cluster.output.money import format_usd
+from cluster.planning.costs.money import format_usd
 from cluster.observability.prompt_truncation import summary_line
 from cluster.output.report import RunOutcome
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.errors import ImageGenError
-from cluster.output.money import format_usd
+from cluster.planning.costs.money import format_usd
 from cluster.quality.score import QualityScore
 from cluster.planning.request import GenerationRequest
 from cluster.work import Attempt, FailedImage, GeneratedImage, ReplicaInfo

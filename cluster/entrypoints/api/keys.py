@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from cluster.errors import ImageGenError
+from cluster.planning.costs.money import format_usd
 
 KEYLESS = "local"  # the one caller of a server without keys (loopback only)
 
@@ -74,7 +75,7 @@ class KeyBudgets:
                     del table[old]
             left = self.per_day_usd - self._spent.get(slot, 0.0) - self._held.get(slot, 0.0)
             if left <= 1e-9:
-                raise ImageGenError("IMG_029", f"this API key's budget for today (${self.per_day_usd:g}) is spent, "
+                raise ImageGenError("IMG_029", f"this API key's budget for today ({format_usd(self.per_day_usd)}) is spent, "
                                                "or held by its requests in progress.")
             usd = min(max(estimate_usd, 0.0), left)
             self._held[slot] = self._held.get(slot, 0.0) + usd

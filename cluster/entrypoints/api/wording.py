@@ -14,6 +14,7 @@ import secrets
 
 from cluster.entrypoints.api.schema import MULTI_IMAGE_INPUTS, ApiError
 from cluster.errors import ImageGenError
+from cluster.planning.costs.money import format_usd
 
 log = logging.getLogger("kamui.api")
 
@@ -24,7 +25,7 @@ ROUTE_FIELDS = {
 }
 _FLAG = re.compile(r"`?--([a-z][a-z-]*)`?")
 _MODEL = re.compile(r"model '([^']+)'")
-_BUDGET = re.compile(r"--budget-usd \$([0-9.e+-]+)")
+_BUDGET = re.compile(r"--budget-usd \$([0-9.,e+-]+)")
 # what a client can act on, by code, where the run's own message speaks of the server's insides
 HIDDEN = {
     "IMG_005": "the server has not enough free disk space for this request; ask for fewer or smaller images, "
@@ -84,10 +85,11 @@ def _budget_error(message: str) -> ApiError:
     found = _BUDGET.search(message)
     if found is None:
         return ApiError("IMG_029", message)
-    left = f"what this API key has left today (${float(found.group(1)):.6f})"
+    amount = float(found.group(1).replace(",", ""))
+    left = f"what this API key has left today ({format_usd(amount)})"
     if message.startswith("even one image"):
         return ApiError("IMG_029", f"even one image is estimated above {left}.")
-    estimated = re.search(r"estimated at \$([0-9.]+)", message)
+    estimated = re.search(r"estimated at \$([0-9.,]+)", message)
     cost = f"estimated at ${estimated.group(1)}, " if estimated else ""
     return ApiError("IMG_029", f"this request is {cost}more than {left}; ask for fewer images or cheaper models.")
 

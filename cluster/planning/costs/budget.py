@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from cluster.planning.costs.config import CostConfig
 from cluster.errors import ImageGenError
+from cluster.planning.costs.money import format_usd
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def estimate(counts: dict[str, int], specs: dict, history: dict, config: CostCon
         spec = specs[model]
         if not spec.is_local:
             price = config.list_price(model, spec.cost_per_image_usd)
-            out[model] = Estimate(model, images, price, None, f"list price ${price:g}/image")
+            out[model] = Estimate(model, images, price, None, f"list price {format_usd(price)}/image")
             continue
         past = history.get(model) or history.get(f"{model} ({spec.weights} weights)")
         if past and past.get("images") and past.get("cost_usd"):
@@ -65,9 +66,9 @@ def fit(tasks: list, estimates: dict[str, Estimate], budget: float, policy: str,
     total = sum(per_image[t.model] for t in tasks)
     if total <= budget:
         return tasks, None
-    basis = "; ".join(f"{m}: {e.images} x ${e.usd_per_image:.6f} ({e.basis})" for m, e in estimates.items())
+    basis = "; ".join(f"{m}: {e.images} x {format_usd(e.usd_per_image)} ({e.basis})" for m, e in estimates.items())
     if policy == "refuse":
-        raise ImageGenError("IMG_029", f"the plan is estimated at ${total:.6f}, over --budget-usd ${budget:g} "
+        raise ImageGenError("IMG_029", f"the plan is estimated at {format_usd(total)}, over --budget-usd {format_usd(budget)} "
                                        f"({basis}); ask for fewer images or cheaper models, or use "
                                        "--budget-policy degrade.")
     cheapest = min(per_image, key=per_image.get)
@@ -90,7 +91,7 @@ def fit(tasks: list, estimates: dict[str, Estimate], budget: float, policy: str,
         total -= per_image[task.model]
         dropped += 1
     if not kept:
-        raise ImageGenError("IMG_029", f"even one image is estimated above --budget-usd ${budget:g} ({basis}).")
+        raise ImageGenError("IMG_029", f"even one image is estimated above --budget-usd {format_usd(budget)} ({basis}).")
     return kept, {"strategy": "budget", "trigger": "estimated cost over --budget-usd", "budget_usd": budget,
                   "images_moved_to": cheapest if moved else None, "images_moved": moved,
                   "images_dropped": dropped, "estimated_usd": round(total, 6), "code": "IMG_029"}

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from cluster.planning.costs.config import CostConfig
+from cluster.planning.costs.money import format_usd
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def image_costs(images, replicas: dict, specs: dict, config: CostConfig) -> list
         spec = specs.get(model)
         if spec is None or not spec.is_local:
             price = config.list_price(model, spec.cost_per_image_usd if spec is not None else 0.0)
-            costs.append(ImageCost(image.task.index, model, price, f"list price ${price:g}/image"))
+            costs.append(ImageCost(image.task.index, model, price, f"list price {format_usd(price)}/image"))
             continue
         info = infos.get((model, image.replica))
         card = getattr(info, "card", "") or "cpu"

@@ -14,6 +14,7 @@ same request, and redoes the rest.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from cluster import env
 from cluster.errors import ImageGenError
 from cluster.observability.events import Events
 from cluster.observability.history import History
@@ -87,7 +89,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
 
 def build_entries(path: Path, registry: Registry, defaults: dict[str, str | None], cwd: Path | None = None) -> list[Entry]:
     """Validate every entry on its own: an invalid one is kept (with its IMG error), not fatal."""
-    cwd = cwd or Path.cwd()
+    cwd = cwd or env.working_dir()
     entries, seen_ids, seen_folders = [], set(), {}
     for number, item in enumerate(read_manifest(path), start=1):
         raw = {str(k).replace("-", "_"): (None if v is None else str(v).lower() if isinstance(v, bool) else str(v))
@@ -168,8 +170,10 @@ def run_batch(entries: list[Entry], registry: Registry, limits: Limits, *, event
         return _run_entry(entry, context, spending)
 
     with ThreadPoolExecutor(max_workers=max(1, entries_at_once), thread_name_prefix="batch") as pool:
-        for entry, result in zip(todo, pool.map(one, todo)):
-            results[entry.id] = result
+        # each entry in a copy of this context: a batch from the front door reads its client's environment
+        futures = [pool.submit(contextvars.copy_context().run, one, entry) for entry in todo]
+        for entry, future in zip(todo, futures):
+            results[entry.id] = future.result()
     events.emit("batch_finished", ok=sum(r.ok for r in results.values()), total=len(results))
     return [results[e.id] for e in entries]
 

@@ -336,6 +336,28 @@ def test_only_the_owner_gets_in(tmp_path, front_door):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_the_peer_check_refuses_another_uid_and_reads_the_kernels_credential():
+    from cluster.entrypoints.frontdoor.protocol import peer_uid, refusal
+
+    assert refusal(1000, owner=1000) == ""
+    assert refusal(1001, owner=1000) == "this front door serves uid 1000 only, not 1001"
+    assert refusal(os.getuid()) == ""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        assert peer_uid(left) == os.getuid()  # SO_PEERCRED: what the front door checks each client by
+
+
+def test_local_remote_and_debug_runs_pass_the_front_door_by(front_door):
+    from cluster.entrypoints.frontdoor.client import open_door
+
+    door, note = open_door(None)
+    assert door is not None and note == "" and door.ready["gcs_address"] == front_door["gcs_address"]
+    door.wire.close()
+    assert open_door(front_door["gcs_address"])[0] is not None  # this machine's cluster, named
+    for address, debug in (("local", False), ("10.9.8.7:6379", False), (None, True)):
+        assert open_door(address, debug) == (None, "")
+
+
 def _connect(path: Path) -> socket.socket:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.settimeout(10)

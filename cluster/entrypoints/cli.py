@@ -31,7 +31,8 @@ REQUEST_FLAGS = (
     ("--height", "Image height in pixels, a multiple of 16 (default: the model's)."),
     ("--steps", "Denoising steps (default: the model's)."),
     ("--address", "Ray cluster to join (host:port or auto), or local for an embedded instance; default: the "
-                  "cluster running on this machine, else an embedded instance."),
+                  "cluster running on this machine (through its front door when `cluster up` opened one), else an "
+                  "embedded instance."),
     ("--config", "Another models.yaml (default: configs/models.yaml)."),
     ("--upload-uri", "gs://bucket/prefix: upload images to Google Cloud Storage (default: configs/output.yaml)."),
     ("--signed-urls", "V4 signed URLs instead of public ones; alone or true/false (default: configs/output.yaml)."),
@@ -104,7 +105,8 @@ def _add_batch(sub) -> None:
                                        "skipped on a rerun; a bad entry never stops the others.")
     batch.add_argument("manifest", metavar="MANIFEST", help="JSON Lines (.jsonl) or YAML (.yaml) manifest.")
     batch.add_argument("--address", default=None, metavar="VALUE",
-                       help="Ray cluster to join (auto or host:port), or local; default: the cluster running here, else an embedded instance.")
+                       help="Ray cluster to join (auto or host:port), or local; default: the cluster running here (through "
+                            "its front door when `cluster up` opened one), else an embedded instance.")
     batch.add_argument("--entries-at-once", default="2", metavar="N", help="Entries running at the same time (default 2).")
     batch.add_argument("--budget-usd", default=None, metavar="USD",
                        help="The whole manifest's budget: entries get what is left; none starts once it is spent.")
@@ -120,7 +122,7 @@ def _add_batch(sub) -> None:
 def _add_cluster(sub) -> None:
     cluster = sub.add_parser("cluster", help="A warm cluster that keeps models resident across runs.")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", parser_class=_Parser)
-    up = cluster_sub.add_parser("up", help="Start (or join) a Ray cluster and load models resident.")
+    up = cluster_sub.add_parser("up", help="Start (or join) a Ray cluster, load models resident and open its front door.")
     up.add_argument("--address", default=None, metavar="VALUE", help="Join this cluster instead of starting one here.")
     up.add_argument("--models", default=None, metavar="IDS",
                     help="Comma-separated models to load (default: every available model `auto` may pick).")

@@ -60,6 +60,12 @@ def peer_uid(connection: socket.socket) -> int:
     return uid
 
 
+def refusal(peer: int, owner: int | None = None) -> str:
+    """Why a peer with uid `peer` may not use the front door of `owner` (this process's user); "" when it may."""
+    owner = os.getuid() if owner is None else owner
+    return "" if peer == owner else f"this front door serves uid {owner} only, not {peer}"
+
+
 class Wire:
     """One end of a conversation: whole JSON objects, one a line; sends from several threads are kept whole."""
 

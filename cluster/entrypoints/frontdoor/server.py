@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cluster import env
 from cluster.entrypoints.batch import run_batch, summary_table
-from cluster.entrypoints.frontdoor.protocol import VERSION, Wire, peer_uid, private_dir, socket_path
+from cluster.entrypoints.frontdoor.protocol import VERSION, Wire, peer_uid, private_dir, refusal, socket_path
 from cluster.entrypoints.inputs import BatchInputs, GenerateInputs, prepare_batch, prepare_generate
 from cluster.entrypoints.summary import error_line, summary_event, summary_lines
 from cluster.errors import ImageGenError, describe_exception
@@ -106,9 +106,9 @@ class FrontDoor:
     def _serve(self, connection: socket.socket) -> None:
         wire = Wire(connection)
         try:
-            uid = peer_uid(connection)
-            if uid != os.getuid():
-                wire.send({"type": "refused", "message": f"this front door serves uid {os.getuid()} only, not {uid}"})
+            refused = refusal(peer_uid(connection))
+            if refused:
+                wire.send({"type": "refused", "message": refused})
                 return
             hello = wire.receive()
             if not hello or hello.get("op") != "hello":

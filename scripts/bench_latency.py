@@ -186,11 +186,16 @@ def print_api(results) -> None:
               f"{pct(pipeline, .5):>12.4f} {pct(overhead, .5):>12.4f} {pct(overhead, .95):>7.4f}")
     sequential = results["sequential"]
     print("\n## API, sequential: where a request's time goes (median seconds)")
-    names = list(sequential[0][1])
+    names = [name for name in sequential[0][1] if name != "pipeline"]
     inside = 0.0
     for name in names:
         seconds = statistics.median(s[1].get(name, 0.0) for s in sequential)
-        print(f"  {name:<34} {seconds:7.4f}")
+        if name == "generate":  # the pipeline's own calls are not overhead: shown apart
+            pipeline = statistics.median(s[1].get("pipeline", 0.0) for s in sequential)
+            print(f"  {'generate (minus pipeline)':<34} {seconds - pipeline:7.4f}")
+            print(f"  {'(pipeline, not overhead)':<34} {pipeline:7.4f}")
+        else:
+            print(f"  {name:<34} {seconds:7.4f}")
         inside += seconds
     rest = statistics.median(s[0] for s in sequential) - inside
     print(f"  {'rest (HTTP, Serve, parse, encode)':<34} {rest:7.4f}")

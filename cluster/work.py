@@ -64,6 +64,8 @@ class GeneratedImage:
     extra: dict = field(default_factory=dict)  # backend details worth recording (api model, sample index)
     attempts: list[Attempt] = field(default_factory=list)
     remote_url: str | None = None
+    # what each text encoder cut of the prompt (models.prompt_length; [] none); None: not counted by its backend
+    prompt_truncation: list[dict] | None = None
 
 
 @dataclass

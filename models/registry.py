@@ -41,6 +41,22 @@ class SpeedOptions(BaseModel):
     cache_threshold: float = Field(0.08, gt=0, description="First-block cache: relative change below which a step reuses the cache.")
 
 
+class PromptEncoder(BaseModel):
+    """One text encoder that reads a model's prompt, and the most tokens of it that it reads (it
+    cuts the rest). The longest of a registry's encoders sets the longest prompt accepted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="What it is called in reports, e.g. CLIP-L, T5-XXL, Imagen.")
+    max_tokens: int = Field(ge=1, description="Tokens it reads, special tokens included; the rest is cut.")
+    tokenizer: str | None = Field(
+        None, description="diffusers: the pipeline's attribute holding its tokenizer (tokenizer, tokenizer_2), "
+                          "which counts a prompt's tokens on the replica; without one they are estimated.")
+    length_arg: str | None = Field(
+        None, description="The pipeline-call argument that sets how many tokens it reads (FLUX's "
+                          "max_sequence_length); call_args must give it, equal to max_tokens.")
+
+
 class RateLimit(BaseModel):
     """Appendix B of the design card; `None` means unlimited."""
 
@@ -102,6 +118,8 @@ class ModelSpec(BaseModel):
         "auto", description="How a replica holds the model: auto (the first plan that fits the card) or a plan name.")
     allow_fp8: bool = Field(True, description="Whether a memory plan may store weights in float8 (slight quality cost).")
     speedups: SpeedOptions = Field(default_factory=SpeedOptions, description="Compilation, quantization, attention, caching.")
+    prompt_encoders: tuple[PromptEncoder, ...] = Field(
+        (), description="What reads the prompt and how many tokens of it (the report says what each cut).")
     prompt_languages: tuple[str, ...] = Field(
         ("en",), description="Prompt languages the model reads (ISO 639-1); others get an English translation.")
     cpus: float = Field(1, gt=0, description="Logical CPUs a replica holds.")
@@ -125,7 +143,16 @@ class ModelSpec(BaseModel):
             raise ValueError("an imagen model needs `api_style` and `api_model`")
         if self.backend == "custom" and (not self.factory or ":" not in self.factory):
             raise ValueError("a custom model needs `factory: module:callable`")
+        for encoder in self.prompt_encoders:
+            if encoder.length_arg and self.call_args.get(encoder.length_arg) != encoder.max_tokens:
+                raise ValueError(f"prompt encoder {encoder.name} reads {encoder.max_tokens} tokens, so call_args."
+                                 f"{encoder.length_arg} must be {encoder.max_tokens} (it sets what the pipeline reads)")
         return self
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """The most tokens of a prompt any of its encoders reads (None: not declared)."""
+        return max((e.max_tokens for e in self.prompt_encoders), default=None)
 
     @property
     def is_local(self) -> bool:

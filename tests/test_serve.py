@@ -153,6 +153,29 @@ def test_with_an_upload_uri_url_images_point_at_gcs_with_the_servers_own_environ
     assert png_size(uploaded) == (64, 64)
 
 
+def test_openai_length_prompts_are_answered_with_what_the_model_cut(client, server):
+    """gpt-image-1's longest prompt (32,000 characters; mostly Japanese, 72 KB of UTF-8, past the 64 KB
+    a body had before): made, and each image says what tiny-flux's encoders cut of it; past the
+    longest prompt a model of the server reads, IMG_009 on `prompt`; a multi-image answer's
+    report carries the same."""
+    import openai
+
+    prompt = ("夕焼けの海に立つ白い灯台と荒れた波と雲 lighthouse" * 1100)[:32000]
+    assert len(prompt.encode()) > 64 * 1024
+    result = client.images.generate(model="tiny-flux", prompt=prompt, size="64x64")
+    (item,) = result.data
+    cuts = item.model_extra["prompt_truncated"]
+    assert [(c["encoder"], c["max_tokens"], c["counted"]) for c in cuts] == [("CLIP", 77, "tokenizer"),
+                                                                            ("T5", 32, "tokenizer")]
+    assert all(c["tokens"] > 1000 for c in cuts) and item.revised_prompt == prompt.strip()
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.images.generate(model="tiny-flux", prompt="x" * (32768 * 4 + 1), size="64x64")
+    assert too_long.value.body["code"] == "IMG_009" and too_long.value.body["param"] == "prompt"
+    status, answer = multi(server, {"image-prompt": "a pier at night, " * 10, "models": "tiny-flux"})
+    assert status == 200, answer
+    assert [c["encoder"] for c in answer["report"]["prompt_truncation"]["tiny-flux"]] == ["CLIP", "T5"]
+
+
 def test_errors_arrive_as_the_clients_typed_exceptions_with_the_img_code(client):
     import openai
 
@@ -259,13 +282,20 @@ def envelope_code(payload: bytes) -> str:
     return json.loads(payload[:payload.rindex(b"}") + 1])["error"]["code"]
 
 
-def test_bodies_over_64_kb_declared_or_chunked_and_slow_bodies_are_refused_before_any_work(server):
+def test_bodies_over_the_limit_declared_or_chunked_and_slow_bodies_are_refused_before_any_work(server):
+    """The limit: 64 KB beside the prompt, and room for the longest prompt a model of the server
+    reads (here Gemini's 32,768 tokens: 131,072 characters, 6 bytes each escaped in JSON)."""
+    from cluster.entrypoints.api.schema import max_body_bytes
+    from models.registry import load_registry
+
+    limit = max_body_bytes(load_registry(server["config"].config))
+    assert limit == 64 * 1024 + 6 * 131072
     made = len(list((server["data"] / "images").iterdir()))
-    status, kind, payload = raw_http(server, post_head("/v1/images/generations", "Content-Length: 100000\n"))
+    status, kind, payload = raw_http(server, post_head("/v1/images/generations", f"Content-Length: {limit + 1}\n"))
     assert (status, envelope_code(payload)) == (413, "IMG_011") and "json" in kind
-    # chunked: no length declared; refused once 64 KB have arrived, while the client still sends
+    # chunked: no length declared; refused once the limit has arrived, while the client still sends
     status, _, payload = raw_http(server, post_head("/v1/images/generations", "Transfer-Encoding: chunked\n"),
-                                  chunks=[b" " * 16384] * 64)
+                                  chunks=[b" " * 16384] * (limit // 16384 + 2))
     assert (status, envelope_code(payload)) == (413, "IMG_011")
     # a body that stops arriving: refused at the body timeout (2 s here), not held for ever
     status, _, payload = raw_http(server, post_head("/v1/multi-image", "Transfer-Encoding: chunked\n"),

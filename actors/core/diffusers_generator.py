@@ -20,6 +20,7 @@ from cluster.planning.memory.planner import PROMPT_CACHE_ENTRIES, MemoryPlan
 from cluster.output.png import encode_png
 from cluster.work import GeneratedImage, ImageTask
 from models.registry import ModelSpec
+from models.prompt_length import PromptReader
 
 GIB = 1024**3
 # Distinct prompts whose embeddings a replica keeps on its card (4 MiB each for FLUX's T5 at 512
@@ -128,6 +129,7 @@ class DiffusersGenerator:
         self.speed = apply_speed(self.pipe, spec.speedups, record, spec.id)
         parameters = inspect.signature(self.pipe.__call__).parameters
         self._supports_callback = "callback_on_step_end" in parameters
+        self.prompt_reader = PromptReader(spec.prompt_encoders, self.pipe)  # what its encoders cut, by their tokenizers
         # pipelines taking pooled embeddings (FLUX) get each prompt encoded once per replica
         self._reuses_embeddings = "pooled_prompt_embeds" in parameters and hasattr(self.pipe, "encode_prompt")
         self._compiled = CompiledCalls(torch) if "compile" in self.speed.applied else None
@@ -282,4 +284,5 @@ class DiffusersGenerator:
             height=image.height,
             weights=self.spec.weights,
             nonfinite_fraction=nonfinite,
+            prompt_truncation=self.prompt_reader(task.prompt),
         )

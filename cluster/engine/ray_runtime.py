@@ -22,12 +22,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster import env
+from cluster.engine import session_watch
 from cluster.errors import ImageGenError
 from cluster.planning.placement import GPU_MEMORY_RESOURCE
 
@@ -177,7 +179,8 @@ class RayRuntime:
     auto` would: its GPUs are the same cards, and a second Ray instance beside it would think it
     owns them too and place models into memory the warm replicas hold. When joining fails, or with
     `--address local`, a separate embedded instance starts, and its session folder is removed
-    when it stops (Ray leaves one under /tmp/ray per instance otherwise)."""
+    when it stops (Ray leaves one under /tmp/ray per instance otherwise). An owner that dies
+    without stopping (SIGKILL) takes its instance with it: see `cluster.engine.session_watch`."""
 
     def __init__(self, address: str | None = None, debug: bool = False):
         self.address = address
@@ -188,6 +191,7 @@ class RayRuntime:
         self.notes: list[str] = []
         self.session_dir: Path | None = None
         self._latest_before: str | None = None
+        self._watch: SessionWatch | None = None
 
     def describe(self) -> dict:
         """The report's view of where the run ran."""
@@ -267,6 +271,10 @@ class RayRuntime:
         session = (getattr(context, "address_info", None) or {}).get("session_dir")
         self.session_dir = Path(session) if session else None
         self.embedded = True
+        if self.session_dir is not None:
+            self._watch = SessionWatch.start(self.session_dir, keep_folder=self.debug,
+                                             latest_before=self._latest_before)
+            sweep_orphans(self.session_dir.parent)  # embedded sessions whose owner died unwatched
 
     def __exit__(self, *exc_info) -> None:
         if self.owned:
@@ -274,28 +282,64 @@ class RayRuntime:
 
             ray.shutdown()
             self.owned = False
-            if self.embedded and not self.debug:
+            if self.embedded and self.debug and self.session_dir is not None:  # kept to be read, never swept
+                (self.session_dir / session_watch.OWNER_FILE).unlink(missing_ok=True)
+            elif self.embedded:
                 self._remove_session()
+            if self._watch is not None:
+                self._watch.done()
+                self._watch = None
 
     def _remove_session(self) -> None:
         """The embedded instance's logs and sockets: one folder per run, never reused. (--debug keeps
-        them for reading.) `session_latest` goes back to what it pointed at before, when that exists."""
-        session = self.session_dir
-        if session is None or not session.name.startswith("session_"):
-            return
-        for _ in range(3):  # processes still exiting may write a last line meanwhile
-            shutil.rmtree(session, ignore_errors=True)
-            if not session.exists():
-                break
-            time.sleep(0.2)
-        latest = session.parent / "session_latest"
+        them for reading.)"""
+        if self.session_dir is not None:
+            session_watch.remove_folder(self.session_dir, self._latest_before)
+
+
+class SessionWatch:
+    """The embedded instance's watcher (cluster/engine/session_watch.py), started beside it: it cleans
+    the session up when the pipe to this process ends without `done`."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+
+    @classmethod
+    def start(cls, session: Path, keep_folder: bool = False, latest_before: str | None = None) -> "SessionWatch | None":
+        import ray
+
+        ray_dir = os.path.dirname(ray.__file__)
+        session_watch.write_owner(session, os.getpid(), ray_dir)
+        command = [sys.executable, "-I", session_watch.__file__, str(session), ray_dir]
+        if keep_folder:
+            command.append("--keep-folder")
+        if latest_before:
+            command += ["--latest-before", latest_before]
         try:
-            if latest.is_symlink() and Path(os.readlink(latest)).name == session.name:
-                latest.unlink()
-                if self._latest_before and Path(self._latest_before).exists():
-                    latest.symlink_to(self._latest_before)
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        except OSError:  # the next embedded start removes the session if this process dies
+            return None
+        return cls(process)
+
+    def done(self) -> None:
+        """The owner stopped Ray itself: the watcher ends without touching anything."""
+        try:
+            self.process.stdin.write(session_watch.DONE)
+            self.process.stdin.close()
         except OSError:
             pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def sweep_orphans(root: Path) -> list[Path]:
+    try:
+        return session_watch.sweep_orphans(root)
+    except OSError:
+        return []
 
 
 NO_CLUSTER_HERE = ("no Ray cluster started with `multi-image cluster up` or `ray start` runs on this machine (a run's "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from cluster.observability.progress import one_line
 from cluster.output.money import format_usd
+from cluster.observability.prompt_truncation import summary_line
 from cluster.output.report import RunOutcome
 
 
@@ -43,7 +44,8 @@ def error_line(result) -> str | None:
 
 def changes(outcome: RunOutcome, exit_code: int) -> list[str]:
     """One line per change from what was asked: budget, quality threshold, fallbacks, the total
-    timeout, random weights, the scorer, the prompt's translation, a stop the exit status hides."""
+    timeout, random weights, the scorer, the prompt's translation, what the models' encoders cut of
+    the prompt, a stop the exit status hides."""
     lines = [line for d in outcome.degradations if (line := _degradation(d))]
     random = sorted({f.image.task.model for f in outcome.images if f.image.weights == "random"})
     if random:
@@ -53,6 +55,9 @@ def changes(outcome: RunOutcome, exit_code: int) -> list[str]:
     translation = outcome.translation or {}
     if translation and not translation.get("english") and translation.get("note"):
         lines.append(f"prompt not translated ({translation.get('language')}): {translation['note']}")
+    cut = summary_line(outcome.prompt_truncation)
+    if cut:
+        lines.append(cut)
     if outcome.error is not None and exit_code == 0:  # the run made images, so no error line follows
         lines.append(f"{outcome.error.code}: {outcome.error.message}")
     return lines

@@ -69,6 +69,7 @@ class RunOutcome:
     resumed: dict | None = None  # what an interrupted earlier run of this request left and this one kept
     cost: dict = field(default_factory=dict)  # cluster.planning.costs.pricing.cost_section: per image, model and run
     translation: dict | None = None  # the prompt's language and its translation (cluster.engine.translation)
+    prompt_truncation: dict[str, list[dict]] = field(default_factory=dict)  # per model, what its encoders cut
 
     @property
     def completed(self) -> bool:
@@ -112,6 +113,7 @@ def image_entry(final: FinalImage, file_size: int) -> dict[str, Any]:
         "prompt": task.prompt,
         **({"original_prompt": task.original_prompt or task.prompt, "prompt_language": task.language,
             "prompt_received": task.prompt, "translator": task.translator or None} if task.language else {}),
+        **({"prompt_truncated": image.prompt_truncation} if image.prompt_truncation else {}),
         "seed": task.seed,
         "steps": task.steps,
         "guidance": task.guidance,
@@ -250,6 +252,7 @@ def generation_report(outcome: RunOutcome, file_sizes: dict[int, int], report_pa
         "cost_usd": round(sum(outcome.costs.values()), 6),
         "cost": outcome.cost or None,
         "prompt_language": outcome.translation,
+        "prompt_truncation": outcome.prompt_truncation or None,
         "cluster": outcome.cluster,
         "resumed": outcome.resumed,
         "metrics": outcome.metrics,

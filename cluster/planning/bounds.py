@@ -2,7 +2,6 @@
 validator (`request`, which enforces them), so a `generate` handed to the front door imports neither
 pydantic nor the model registry."""
 
-MAX_PROMPT_CHARS = 2000
 MAX_IMAGE_COUNT = 10
 MAX_PARALLEL = 64
 MAX_SEED = 2**32 - 1

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cluster import env
 from cluster.errors import ImageGenError
-from cluster.planning.bounds import (MAX_IMAGE_COUNT, MAX_PARALLEL, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE,  # noqa: F401
-                                     MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE)
+from cluster.planning.bounds import (MAX_IMAGE_COUNT, MAX_PARALLEL, MAX_SEED, MAX_SIDE, MAX_STEPS,  # noqa: F401
+                                     MIN_SIDE, SIDE_MULTIPLE)
+from models.prompt_length import max_prompt_chars
 from models.registry import Registry
 
 STRATEGIES = ("smart", "sequential", "parallel")
@@ -34,7 +35,8 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_prompt: str = Field(description="The prompt, stripped; 1..2000 characters.")
+    image_prompt: str = Field(description="The prompt, stripped; from 1 character to the longest prompt a "
+                                          "configured model reads (models.prompt_length).")
     folder_name: Path = Field(description="Absolute output folder.")
     image_count: int = Field(1, ge=1, le=MAX_IMAGE_COUNT, description="Images per listed model, or in all with auto.")
     models: tuple[str, ...] = Field((), description="Explicit model ids; empty means `auto`.")
@@ -83,7 +85,7 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
         raise ImageGenError("IMG_011", f"unknown input(s): {', '.join(map(repr, sorted(unknown)))}.")
 
     fields: dict[str, Any] = {
-        "image_prompt": parse_prompt(get("image_prompt")),
+        "image_prompt": parse_prompt(get("image_prompt"), max_prompt_chars(registry)),
         "folder_name": parse_folder(get("folder_name"), cwd),
         "image_count": parse_image_count(get("image_count")),
         "models": parse_models(get("models"), registry),
@@ -111,15 +113,17 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
     return GenerationRequest(**fields)
 
 
-def parse_prompt(value: str | None) -> str:
+def parse_prompt(value: str | None, limit: int) -> str:
+    """`limit`: the most characters, what the configured models' longest reader reads."""
     if value is None or not value.strip():
         raise ImageGenError("IMG_009", "--image-prompt is empty; describe the image to generate.")
     prompt = value.strip()
     if "\x00" in prompt or any(ord(c) < 32 and c not in "\n\t\r" for c in prompt):
         raise ImageGenError("IMG_009", "--image-prompt holds control characters; pass plain text.")
-    if len(prompt) > MAX_PROMPT_CHARS:
+    if len(prompt) > limit:
         raise ImageGenError(
-            "IMG_009", f"--image-prompt is {len(prompt)} characters long; keep it within {MAX_PROMPT_CHARS}."
+            "IMG_009", f"--image-prompt is {len(prompt)} characters long; keep it within {limit} (the longest "
+                       "prompt a configured model reads)."
         )
     return prompt
 

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from cluster.entrypoints.api.keys import Caller, Hold, KeyBudgets, KeyCheck, digest  # noqa: F401 - digest: the CLI's and tests' import
-from cluster.entrypoints.api.schema import (MAX_BODY_BYTES, ApiError, check_text, envelope, multi_image_inputs,
+from cluster.entrypoints.api.schema import (ApiError, check_text, envelope, max_body_bytes, multi_image_inputs,
                                 parse_images_request, raw_inputs, retry_helps, status_for)
 from cluster.entrypoints.api.storage import DataDir
 from cluster.entrypoints.api.wording import public_error, public_report, server_timing
@@ -122,6 +122,7 @@ class ImageAPI:
         os.environ.update(dict(config.environment))
         self.config = config
         self.registry = load_registry(config.config)
+        self.max_body = max_body_bytes(self.registry)
         self.limits = load_limits(config.limits)
         # what every request's run shares, on the cluster's warm replicas
         self.context = RunContext(self.registry, self.limits, history=History(config.history_db), resident=True)
@@ -141,18 +142,19 @@ class ImageAPI:
     # --- plumbing -----------------------------------------------------------------------
 
     async def _body(self, request: Request):
-        """The request's JSON: at most MAX_BODY_BYTES, counted as it streams in (a chunked body
-        declares no length), within the body timeout."""
-        too_large = ApiError("IMG_011", f"the request body is larger than {MAX_BODY_BYTES // 1024} KB.", status=413)
+        """The request's JSON: at most `max_body` bytes (room for the longest prompt), counted as it
+        streams in (a chunked body declares no length), within the body timeout."""
+        limit = self.max_body
+        too_large = ApiError("IMG_011", f"the request body is larger than {limit // 1024} KB.", status=413)
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             raise too_large
 
         async def read() -> bytes:
             chunks, size = [], 0
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > MAX_BODY_BYTES:
+                if size > limit:
                     raise too_large
                 chunks.append(chunk)
             return b"".join(chunks)
@@ -348,10 +350,13 @@ class ImageAPI:
             if body.response_format == "url":
                 url = final.url if final.url.startswith("https://") else \
                     f"{base}/v1/files/{token}/{final.filename}"
-                data.append({"url": url, "revised_prompt": final.image.task.prompt})
+                item = {"url": url, "revised_prompt": final.image.task.prompt}
             else:
                 png = (folder / "images" / final.filename).read_bytes()
-                data.append({"b64_json": base64.b64encode(png).decode("ascii"), "revised_prompt": final.image.task.prompt})
+                item = {"b64_json": base64.b64encode(png).decode("ascii"), "revised_prompt": final.image.task.prompt}
+            if final.image.prompt_truncation:  # beyond OpenAI's fields: what the model's encoders cut of the prompt
+                item["prompt_truncated"] = final.image.prompt_truncation
+            data.append(item)
         return data
 
     @api.post("/v1/multi-image")

@@ -20,9 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cluster.errors import ERROR_CODES, ImageGenError
-from cluster.planning.request import MAX_PROMPT_CHARS, MIN_SIDE, SIDE_MULTIPLE
+from cluster.planning.request import MIN_SIDE, SIDE_MULTIPLE
+from models.prompt_length import max_prompt_chars
 
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024  # beside the prompt (max_body_bytes)
 # The API's own caps, below the CLI's: what one request of a remote client may ask of the cluster
 MAX_IMAGES = 10  # images per request: n, or image-count x the models listed
 MAX_STEPS = 50
@@ -144,7 +145,7 @@ def parse_images_request(body: Any, registry) -> ImagesRequest:
     if request.output_format not in (None, "png"):
         raise ApiError("IMG_011", f"output_format {request.output_format!r}: this server makes PNG images.",
                          "output_format")
-    check_prompt(request.prompt, "prompt")
+    check_prompt(request.prompt, "prompt", max_prompt_chars(registry))
     if not 1 <= request.n <= MAX_IMAGES:
         raise ApiError("IMG_001", f"n {request.n} is out of range; give 1 to {MAX_IMAGES}.", "n")
     specs = model_specs(request.model, registry, "model")
@@ -157,15 +158,21 @@ def parse_images_request(body: Any, registry) -> ImagesRequest:
     return request.model_copy(update={"model": specs[0].id if request.model != "auto" else "auto"})
 
 
-def check_prompt(prompt: str, field: str) -> None:
+def check_prompt(prompt: str, field: str, limit: int) -> None:
     text = prompt.strip()
     if not text:
         raise ApiError("IMG_009", f"{field} is empty; describe the image to generate.", field)
     if any(ord(c) < 32 and c not in "\n\t\r" for c in text):
         raise ApiError("IMG_009", f"{field} holds control characters; send plain text.", field)
-    if len(text) > MAX_PROMPT_CHARS:
-        raise ApiError("IMG_009", f"{field} is {len(text)} characters long; keep it within {MAX_PROMPT_CHARS}.",
-                         field)
+    if len(text) > limit:
+        raise ApiError("IMG_009", f"{field} is {len(text)} characters long; keep it within {limit} (the longest "
+                                    "prompt a model of this server reads).", field)
+
+
+def max_body_bytes(registry) -> int:
+    """The request body's limit: MAX_BODY_BYTES for the rest, and room for the longest prompt the
+    server takes, each character escaped in JSON (\\uXXXX, 6 bytes) at worst."""
+    return MAX_BODY_BYTES + 6 * max_prompt_chars(registry)
 
 
 def model_specs(value: str, registry, field: str) -> list:
@@ -245,7 +252,7 @@ def check_multi_image_caps(raw: dict[str, str], registry) -> list:
     """The API's caps on what `generate` would accept: images per request, steps, parallelism,
     sides within each model's largest. (Malformed values are left to the request's parser.)"""
     if "image_prompt" in raw:
-        check_prompt(raw["image_prompt"], "image-prompt")
+        check_prompt(raw["image_prompt"], "image-prompt", max_prompt_chars(registry))
     specs = model_specs(raw.get("models") or "auto", registry, "models")
     count = _int(raw.get("image_count"), 1)
     listed = 1 if (raw.get("models") or "auto").strip() == "auto" else len(specs)

@@ -153,7 +153,8 @@ class RunJournal:
 def _entry(image: GeneratedImage) -> dict:
     return {"task": asdict(image.task), "seconds": image.seconds, "replica": image.replica, "width": image.width,
             "height": image.height, "weights": image.weights, "nonfinite_fraction": image.nonfinite_fraction,
-            "extra": image.extra, "attempts": [asdict(a) for a in image.attempts], "remote_url": image.remote_url}
+            "extra": image.extra, "attempts": [asdict(a) for a in image.attempts], "remote_url": image.remote_url,
+            "prompt_truncation": image.prompt_truncation}
 
 
 def _image(entry: dict, png: bytes) -> GeneratedImage:
@@ -161,4 +162,5 @@ def _image(entry: dict, png: bytes) -> GeneratedImage:
         task=ImageTask(**entry["task"]), png=png, seconds=entry["seconds"], replica=entry["replica"],
         width=entry["width"], height=entry["height"], weights=entry["weights"],
         nonfinite_fraction=entry["nonfinite_fraction"], extra=entry.get("extra") or {},
-        attempts=[Attempt(**a) for a in entry.get("attempts", [])], remote_url=entry.get("remote_url"))
+        attempts=[Attempt(**a) for a in entry.get("attempts", [])], remote_url=entry.get("remote_url"),
+        prompt_truncation=entry.get("prompt_truncation"))

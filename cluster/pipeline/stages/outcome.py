@@ -13,6 +13,7 @@ from cluster.engine.scoring import WeightFreeScorer
 from cluster.errors import ImageGenError
 from cluster.observability.history import safely
 from cluster.observability.metrics import run_metrics
+from cluster.observability.prompt_truncation import record_truncations
 from cluster.output.report import FinalImage, RunOutcome
 from cluster.output.writer import display_path, file_url
 from cluster.pipeline.state import RunState
@@ -32,6 +33,7 @@ def outcome(state: RunState) -> RunState:
     result = build_outcome(state, schedule, state.scores, state.scorer_info, state.error, replicas=state.replicas,
                            cluster=state.cluster_info)
     result.translation = state.translation
+    result.prompt_truncation = record_truncations(result.images, context.registry, context.events)
     context.events.emit("scored", images=len(result.images), primary=result.primary)
     result.history = safely(context.history.summary)() or {}
     result.metrics = run_metrics(result, schedule.max_in_flight, schedule.calls,

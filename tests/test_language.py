@@ -150,7 +150,7 @@ def test_each_distinct_prompt_is_translated_once_and_a_warm_translator_remembers
     ("la casa de the sunset y el mar al atardecer", False),  # Spanish words beside English ones
     ("ein Leuchtturm mit the Sturm in der Nacht", False),
     ("a portrait of a café owner in the morning light", False),  # not ASCII: the model decides
-    ("cinematic neon street at night, wet asphalt, rain", False),  # no English function word
+    ("cinematic neon street, wet asphalt, rain, reflections", False),  # no English function word
 ])
 def test_plain_english_is_recognised_without_the_model(text, plain):
     from cluster.planning.language import WORD, plainly_english

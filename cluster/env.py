@@ -1,18 +1,53 @@
-"""Every environment variable the project reads, read here and nowhere else."""
+"""Every environment variable the project reads, read here and nowhere else.
+
+A run handed to the warm cluster's front door reads the environment of the client that sent it,
+not the front door's own: `overlay` sets the client's values (RUN_VARIABLES) for the code running
+in its context, and every read here goes through `_get`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# name -> value (None: unset) for the run in this context; None: the process's own environment
+_OVERLAY: ContextVar[dict[str, str | None] | None] = ContextVar("kamui_env_overlay", default=None)
+_CWD: ContextVar[Path | None] = ContextVar("kamui_working_dir", default=None)
+
+
+def _get(name: str) -> str | None:
+    overlay = _OVERLAY.get()
+    if overlay is not None and name in overlay:
+        return overlay[name]
+    return os.environ.get(name)
+
+
+@contextlib.contextmanager
+def overlay(values: Mapping[str, str | None], cwd: Path | None = None) -> Iterator[None]:
+    """Within this block (this thread's context, and contexts copied from it), `values` stand in for
+    the process environment's (a value None reads as unset), and `cwd` for its working directory."""
+    token, cwd_token = _OVERLAY.set(dict(values)), _CWD.set(cwd)
+    try:
+        yield
+    finally:
+        _CWD.reset(cwd_token)
+        _OVERLAY.reset(token)
+
+
+def working_dir() -> Path:
+    """The folder relative paths of a run mean: its caller's working directory."""
+    return _CWD.get() or Path.cwd()
 
 
 def cache_dir() -> Path:
     """Where tiny models, the run history and other per-user state live."""
-    explicit = os.environ.get("KAMUI_CACHE_DIR")
+    explicit = _get("KAMUI_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = _get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "kamui-multi-image"
 
 
@@ -24,13 +59,13 @@ def adapters_config() -> Path | None:
 
 
 def history_path() -> Path | None:
-    value = os.environ.get("KAMUI_HISTORY_DB")
+    value = _get("KAMUI_HISTORY_DB")
     return Path(value).expanduser() if value else None
 
 
 def ray_address() -> str | None:
     """RAY_ADDRESS: the cluster Ray itself joins when none is named."""
-    return os.environ.get("RAY_ADDRESS") or None
+    return _get("RAY_ADDRESS") or None
 
 
 def cuda_visible_devices() -> str | None:
@@ -54,7 +89,7 @@ def pci_device_order() -> str:
 
 
 def github_output_path() -> Path | None:
-    value = os.environ.get("GITHUB_OUTPUT")
+    value = _get("GITHUB_OUTPUT")
     return Path(value) if value else None
 
 
@@ -90,16 +125,16 @@ class GoogleCredentials:
 
 def google_credentials() -> GoogleCredentials:
     return GoogleCredentials(
-        api_key=os.environ.get("GOOGLE_API_KEY") or None,
-        project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None,
-        location=os.environ.get("GOOGLE_CLOUD_LOCATION") or "us-central1",
-        application_credentials=os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None,
-        base_url=os.environ.get("GOOGLE_VERTEX_BASE_URL") or None,
+        api_key=_get("GOOGLE_API_KEY") or None,
+        project=_get("GOOGLE_CLOUD_PROJECT") or None,
+        location=_get("GOOGLE_CLOUD_LOCATION") or "us-central1",
+        application_credentials=_get("GOOGLE_APPLICATION_CREDENTIALS") or None,
+        base_url=_get("GOOGLE_VERTEX_BASE_URL") or None,
     )
 
 
 def storage_emulator_host() -> str | None:
-    return os.environ.get("STORAGE_EMULATOR_HOST") or None
+    return _get("STORAGE_EMULATOR_HOST") or None
 
 
 # What a process of this project started on a cluster's node must see as this one does: the Serve
@@ -112,7 +147,26 @@ FORWARDED = ("KAMUI_CACHE_DIR", "XDG_CACHE_HOME", "KAMUI_HISTORY_DB", "GOOGLE_AP
 
 def forwarded() -> tuple[tuple[str, str], ...]:
     """The FORWARDED variables set here, as (name, value) pairs. Values may be secrets: never log them."""
-    return tuple((name, os.environ[name]) for name in FORWARDED if os.environ.get(name))
+    return tuple((name, value) for name in FORWARDED if (value := _get(name)))
+
+
+# What a run reads from its caller's environment: a `generate` handed to the front door brings these
+# (set or not: one the client lacks is unset for its run, whatever the front door's process has).
+RUN_VARIABLES = (*FORWARDED, "GITHUB_OUTPUT")
+
+
+def for_run() -> dict[str, str | None]:
+    """RUN_VARIABLES as this process sees them (None: unset). Values may be secrets: never log them."""
+    return {name: _get(name) or None for name in RUN_VARIABLES}
+
+
+def runtime_dir() -> Path:
+    """Where the warm cluster's front door keeps its socket: KAMUI_RUNTIME_DIR, else a folder of this
+    user's own under /tmp (the front door and its clients must agree, so TMPDIR is not read)."""
+    explicit = os.environ.get("KAMUI_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path("/tmp") / f"kamui-multi-image-{os.getuid()}"
 
 
 def take(name: str) -> str | None:

@@ -36,12 +36,25 @@ def pytest_configure(config):
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     for name in _CLEARED:
         os.environ.pop(name, None)
+    # a warm cluster's front door on this machine (a user's, another test run's) is not the tests':
+    # runs find only a front door a test opened, in this session's own folder (0700, short for a socket)
+    import tempfile
+
+    os.environ["KAMUI_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="kfd", dir="/tmp")
     # keep the Hugging Face cache of the machine out of availability checks
     os.environ["HF_HOME"] = str(cache / "hf-home")
     # Workers of the session cluster serve drivers started elsewhere too (CLI subprocesses joining
     # with --address): they must import the scripted test model from the repository.
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    runtime = os.environ.get("KAMUI_RUNTIME_DIR", "")
+    if os.path.basename(runtime).startswith("kfd"):
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -142,3 +142,31 @@ def test_each_distinct_prompt_is_translated_once_and_a_warm_translator_remembers
         assert read_json(tmp_path / "two/metadata/generation-report.json")["prompt_language"]["cached"] is True
     finally:
         bring_down()
+
+
+@pytest.mark.parametrize("text, plain", [
+    ("a photorealistic portrait of an old fisherman at the harbour", True),
+    ("a lighthouse at dusk with storm clouds above the sea", True),
+    ("la casa de the sunset y el mar al atardecer", False),  # Spanish words beside English ones
+    ("ein Leuchtturm mit the Sturm in der Nacht", False),
+    ("a portrait of a café owner in the morning light", False),  # not ASCII: the model decides
+    ("cinematic neon street, wet asphalt, rain, reflections", False),  # no English function word
+])
+def test_plain_english_is_recognised_without_the_model(text, plain):
+    from cluster.planning.language import WORD, plainly_english
+
+    assert plainly_english(text, WORD.findall(text)) is plain
+
+
+def test_an_english_prompt_never_loads_the_identifier_and_another_language_loads_it_once():
+    import subprocess
+    import sys
+
+    code = ("import sys; from cluster.planning import language as l; "
+            "a = l.detect('a photorealistic portrait of an old fisherman at the harbour'); "
+            "print(a.language, 'py3langid' in sys.modules); "
+            "b = l.detect('una calle de neón en la ciudad de noche'); first = l._IDENTIFIER; "
+            "c = l.detect('una casa blanca junto al mar en verano'); "
+            "print(b.language, c.language, 'py3langid' in sys.modules, l._IDENTIFIER is first)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split("\n")[:2] == ["en False", "es es True True"]

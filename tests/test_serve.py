@@ -132,9 +132,13 @@ def test_adapters_arrive_through_extra_body_and_are_listed_with_the_models_they_
 
 
 def test_url_images_are_served_by_the_server(client, server):
-    result = client.images.generate(model="tiny-flux", prompt="a fox in the snow", n=1, size="128x64",
-                                    response_format="url")
-    url = result.data[0].url
+    raw = client.images.with_raw_response.generate(model="tiny-flux", prompt="a fox in the snow", n=1, size="128x64",
+                                                   response_format="url")
+    # where the request's time went, by stage and the model's own calls (scripts/bench_latency.py reads it)
+    timing = dict(part.strip().split(";dur=") for part in raw.headers["server-timing"].split(","))
+    assert {"preflight", "select", "generate", "score", "write", "publish", "cluster", "pipeline"} <= set(timing)
+    assert 0 < float(timing["pipeline"]) <= float(timing["generate"])
+    url = raw.parse().data[0].url
     assert url.startswith(f"http://localhost:{server['port']}/v1/files/")  # --public-url
     with urllib.request.urlopen(url, timeout=30) as response:
         assert response.headers["content-type"] == "image/png" and png_size(response.read()) == (128, 64)
@@ -355,6 +359,16 @@ def test_failures_answer_what_a_client_can_act_on_and_the_rest_goes_to_the_log(s
     status, answer = multi(server, {"models": "tiny-flux", "width": "100"})
     assert (status, answer["error"]["param"]) == (400, "width")
     assert answer["error"]["message"] == "width: 100 is not a multiple of 16; try 96."
+
+
+def test_one_image_is_not_scored_by_a_clip_model(registry):
+    from cluster.entrypoints.api.schema import parse_images_request, raw_inputs
+
+    def scorer(n: int) -> str | None:
+        body = parse_images_request({"model": "tiny-flux", "prompt": "a fox", "n": n, "size": "64x64"}, registry)
+        return raw_inputs(body, "/srv/out", "tiny-clip")["scorer"]
+
+    assert scorer(1) == "none" and scorer(2) == "tiny-clip"  # nothing to choose between, no score in the answer
 
 
 def test_run_messages_in_the_apis_terms():

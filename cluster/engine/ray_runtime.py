@@ -199,6 +199,9 @@ class RayRuntime:
 
         info: dict = {"address": self.address if self.address not in (None, "local") else "embedded",
                       "embedded": self.embedded}
+        if not self.owned and self.address is None and ray.is_initialized():
+            # a process of the cluster itself (the front door, an API replica): it ran where it lives
+            info["address"] = ray.get_runtime_context().gcs_address
         if self.joined is not None:
             info.update(address=self.joined.address, joined_running_cluster=True)
         if not self.embedded and ray.is_initialized():

@@ -9,6 +9,7 @@ IMG_030 error before anything is made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cluster import env
@@ -66,9 +67,10 @@ def choose_translator(mode: str, language: str, config: TranslationConfig) -> tu
     return None, "no translator available: " + "; ".join(reasons or ["none configured"])
 
 
-def translate_prompt(prompt: str, specs: list, mode: str, config: TranslationConfig, events: Events,
+def translate_prompt(prompt: str, specs: list, mode: str, config: Callable[[], TranslationConfig], events: Events,
                      resident: bool) -> PromptTranslation:
-    """The run's prompt, detected and translated where `specs` (the models the run may use) need it."""
+    """The run's prompt, detected and translated where `specs` (the models the run may use) need it.
+    `config()` is read only then: an English prompt (most of them) costs no reading of translation.yaml."""
     result = PromptTranslation(prompt, detect(prompt))
     if result.detection.english:
         return result
@@ -80,7 +82,7 @@ def translate_prompt(prompt: str, specs: list, mode: str, config: TranslationCon
         result.note = "--translate off: every model receives the original prompt"
         return result
     source = next((lang for lang in result.detection.languages if lang != "en"), result.detection.language)
-    spec, why = choose_translator(mode, source, config)
+    spec, why = choose_translator(mode, source, config())
     if spec is None:
         return _pass_through(result, why, mode, events)
     try:

@@ -15,6 +15,7 @@ same request, and redoes the rest.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from cluster import env
 from cluster.errors import ImageGenError
 from cluster.observability.events import Events
 from cluster.observability.history import History
@@ -103,7 +105,7 @@ def _raw_inputs(item: dict[str, Any]) -> dict[str, str | None]:
 
 def build_entries(path: Path, registry: Registry, defaults: dict[str, str | None], cwd: Path | None = None) -> list[Entry]:
     """Validate every entry on its own: an invalid one is kept (with its IMG error), not fatal."""
-    cwd = cwd or Path.cwd()
+    cwd = cwd or env.working_dir()
     entries, seen_ids, seen_folders = [], set(), {}
     items, manifest_defaults = read_manifest(path)
     # an entry's own value, else the manifest's default (a whole video's look), else the command's
@@ -187,8 +189,10 @@ def run_batch(entries: list[Entry], registry: Registry, limits: Limits, *, event
         return _run_entry(entry, context, spending)
 
     with ThreadPoolExecutor(max_workers=max(1, entries_at_once), thread_name_prefix="batch") as pool:
-        for entry, result in zip(todo, pool.map(one, todo)):
-            results[entry.id] = result
+        # each entry in a copy of this context: a batch from the front door reads its client's environment
+        futures = [pool.submit(contextvars.copy_context().run, one, entry) for entry in todo]
+        for entry, future in zip(todo, futures):
+            results[entry.id] = future.result()
     events.emit("batch_finished", ok=sum(r.ok for r in results.values()), total=len(results))
     return [results[e.id] for e in entries]
 

@@ -31,7 +31,8 @@ REQUEST_FLAGS = (
     ("--height", "Image height in pixels, a multiple of 16 (default: the model's)."),
     ("--steps", "Denoising steps (default: the model's)."),
     ("--address", "Ray cluster to join (host:port or auto), or local for an embedded instance; default: the "
-                  "cluster running on this machine, else an embedded instance."),
+                  "cluster running on this machine (through its front door when `cluster up` opened one), else an "
+                  "embedded instance."),
     ("--config", "Another models.yaml (default: configs/models.yaml)."),
     ("--upload-uri", "gs://bucket/prefix: upload images to Google Cloud Storage (default: configs/output.yaml)."),
     ("--signed-urls", "V4 signed URLs instead of public ones; alone or true/false (default: configs/output.yaml)."),
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="Generate images for one prompt.",
                          description="Generate images for one prompt into the design card's folder layout.")
-    from cluster.planning.request import MAX_PARALLEL
+    from cluster.planning.bounds import MAX_PARALLEL
 
     for flag, help_text in REQUEST_FLAGS:
         help_text = help_text.replace("MAX_PARALLEL", str(MAX_PARALLEL))  # the range request validation enforces
@@ -106,7 +107,8 @@ def _add_batch(sub) -> None:
                                        "skipped on a rerun; a bad entry never stops the others.")
     batch.add_argument("manifest", metavar="MANIFEST", help="JSON Lines (.jsonl) or YAML (.yaml) manifest.")
     batch.add_argument("--address", default=None, metavar="VALUE",
-                       help="Ray cluster to join (auto or host:port), or local; default: the cluster running here, else an embedded instance.")
+                       help="Ray cluster to join (auto or host:port), or local; default: the cluster running here (through "
+                            "its front door when `cluster up` opened one), else an embedded instance.")
     batch.add_argument("--entries-at-once", default="2", metavar="N", help="Entries running at the same time (default 2).")
     batch.add_argument("--budget-usd", default=None, metavar="USD",
                        help="The whole manifest's budget: entries get what is left; none starts once it is spent.")
@@ -122,7 +124,7 @@ def _add_batch(sub) -> None:
 def _add_cluster(sub) -> None:
     cluster = sub.add_parser("cluster", help="A warm cluster that keeps models resident across runs.")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", parser_class=_Parser)
-    up = cluster_sub.add_parser("up", help="Start (or join) a Ray cluster and load models resident.")
+    up = cluster_sub.add_parser("up", help="Start (or join) a Ray cluster, load models resident and open its front door.")
     up.add_argument("--address", default=None, metavar="VALUE", help="Join this cluster instead of starting one here.")
     up.add_argument("--models", default=None, metavar="IDS",
                     help="Comma-separated models to load (default: every available model `auto` may pick).")
@@ -186,34 +188,35 @@ def _add_history(sub) -> None:
 
 
 def _positive_int(value: str, flag: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ImageGenError("IMG_011", f"{flag} {value!r} must be a whole number >= 1.")
-    return number
+    from cluster.entrypoints.inputs import positive_int
+
+    return positive_int(value, flag)
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import os
 
-    from cluster.entrypoints.batch import build_entries, run_batch, summary_table
+    from cluster.entrypoints.inputs import BatchInputs
+
+    inputs = BatchInputs(args.manifest, os.getcwd(), args.entries_at_once, args.budget_usd, args.config, args.limits,
+                         args.scorer, args.history_db)
+    from cluster.entrypoints.frontdoor.client import open_door
+
+    door, note = open_door(args.address, args.debug)
+    if door is not None:
+        return door.batch(inputs, args.json)
+    return _batch_direct(args, inputs, note)
+
+
+def _batch_direct(args: argparse.Namespace, inputs, note: str) -> int:
+    from cluster.entrypoints.batch import run_batch, summary_table
+    from cluster.entrypoints.inputs import prepare_batch
     from cluster.observability.events import Events
-    from cluster.observability.history import History
-    from cluster.planning.limits import load_limits
     from cluster.observability.progress import choose_sinks
     from cluster.engine.ray_runtime import RayRuntime
     from cluster.engine.resident import REGISTRY_TIMEOUT, RELEASE_TIMEOUT, registry_actor
-    from models.registry import load_registry
 
-    registry = load_registry(args.config)
-    limits = load_limits(args.limits)
-    at_once = _positive_int(args.entries_at_once, "--entries-at-once")
-    from cluster.planning.request import parse_budget
-
-    budget = parse_budget(args.budget_usd)
-    entries = build_entries(Path(args.manifest), registry, {"scorer": args.scorer})
+    batch = prepare_batch(inputs)
     import ray
 
     from cluster.output.durability.guard import RunGuard, SignalWatch
@@ -222,10 +225,12 @@ def _batch(args: argparse.Namespace) -> int:
     guard = RunGuard(deadline_s=9.0)
     with SignalWatch(guard), machine_stdout(args.json) as out, RayRuntime(args.address, args.debug) as runtime:
         events = Events(*choose_sinks(args.json, out=out))
+        if note:
+            events.emit("front_door_skipped", reason=note)
         before = {e["name"] for e in ray.get(registry_actor().entries.remote(), timeout=REGISTRY_TIMEOUT)}
         try:
-            results = run_batch(entries, registry, limits, events=events, stop=guard.stop, entries_at_once=at_once,
-                                budget_usd=budget, history=History(args.history_db))
+            results = run_batch(batch.entries, batch.registry, batch.limits, events=events, stop=guard.stop,
+                                entries_at_once=batch.at_once, budget_usd=batch.budget, history=batch.history)
         finally:
             if runtime.embedded:  # an embedded cluster's warm replicas end with the batch
                 created = [e["name"] for e in ray.get(registry_actor().entries.remote(), timeout=REGISTRY_TIMEOUT)
@@ -249,7 +254,7 @@ def _cluster_connect(address):
 
 def _cluster_up(args: argparse.Namespace) -> int:
     from cluster.planning.limits import load_limits
-    from cluster.entrypoints.warm import bring_up, connect
+    from cluster.entrypoints.warm import bring_up, connect, open_front_door
     from models.registry import load_registry
     from models.scorers import load_scoring
 
@@ -274,7 +279,12 @@ def _cluster_up(args: argparse.Namespace) -> int:
     keep_alive = float(_positive_int(args.keep_alive, "--keep-alive")) if args.keep_alive else None
     address = connect(args.address, start=True)
     report = bring_up(registry, model_ids, load_scoring(), args.scorer, limits, replicas, keep_alive)
+    door, why_not = open_front_door()
     print(f"cluster at {address} (namespace kamui-multi-image)")
+    if door is not None:
+        print(f"  front door: {door['socket']} (generate and batch on this machine hand their runs to it)")
+    else:
+        print(f"  front door not opened: {why_not}; runs join the cluster directly", file=sys.stderr)
     for model, row in report.models.items():
         print(f"  {model}: {row['replicas']} replica(s) resident on {row['device']}, loaded in {row['load_seconds']:.1f}s")
     if report.scorer:
@@ -379,6 +389,13 @@ def _cluster_status(args: argparse.Namespace) -> int:
             measured = f", peak {peak / 2**30:.1f} GB" if peak else ""
             detail += f"; memory plan {plan['label']} ({plan['footprint_gb']:g} GB planned{measured}): {plan['reason']}"
         print(f"model {row['model']} ({row['name']}): {detail}")
+    door = state.get("front_door")
+    if door is None:
+        print("front door: none (runs join the cluster directly)")
+    elif "socket" in door:
+        print(f"front door: {door['socket']}, {door['running']} run(s) in progress, {door['served']} served")
+    else:
+        print(f"front door: {door.get('state')}")
     for group in state["placement_groups"]:
         if group["held_by"] is None:
             print(f"placement group {group['name']} ({group['state']}): held by no live replica; "
@@ -431,31 +448,45 @@ def _print_table(header: tuple, rows: list[tuple]) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from cluster.observability.events import Events
-    from cluster.observability.progress import choose_sinks
-    from cluster.observability.history import History
-    from cluster.planning.limits import load_limits
-    from cluster.planning.request import parse_request
-    from cluster.pipeline.context import RunContext
-    from cluster.pipeline.run import run_request
-    from models.registry import load_registry
-
     missing = [flag for flag in REQUIRED_FLAGS if getattr(args, flag.lstrip("-").replace("-", "_")) is None]
     if missing:
         raise ImageGenError("IMG_011", f"generate needs {' and '.join(missing)} (e.g. --image-prompt \"a lighthouse at "
                                        "dusk\" --folder-name out); see `multi-image generate --help`.")
-    registry = load_registry(args.config)
-    limits = load_limits(args.limits).with_overrides(
-        {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, key, _ in LIMIT_FLAGS}
-    )
+    inputs = _generate_inputs(args)
+    note = ""
+    if not (args.dry_run or args.card_memory or args.host_memory):
+        from cluster.entrypoints.frontdoor.client import open_door
+
+        door, note = open_door(args.address, args.debug)
+        if door is not None:
+            return door.generate(inputs, args.json)
+    return _generate_direct(args, inputs, note)
+
+
+def _generate_inputs(args: argparse.Namespace):
+    """What the command line says, as strings: every request flag, whatever flags there are."""
+    import os
+
+    from cluster.entrypoints.inputs import GenerateInputs
+
     raw = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
            for flag, _ in REQUEST_FLAGS}
-    raw["config"] = None  # already used to load the registry
-    if raw["max_parallel"] is None:
-        raw["max_parallel"] = str(limits.perf.max_concurrent_generations)
     raw["debug"] = "true" if args.debug else None
     raw["no_resume"] = "true" if args.no_resume else None
-    request = parse_request(raw, registry)
+    overrides = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, key, _ in LIMIT_FLAGS}
+    return GenerateInputs(raw, os.getcwd(), args.limits, overrides, args.history_db)
+
+
+def _generate_direct(args: argparse.Namespace, inputs, note: str) -> int:
+    """The run with this process as its Ray driver (no front door, or one not to use)."""
+    from cluster.entrypoints.inputs import prepare_generate
+    from cluster.entrypoints.summary import error_line, summary_event
+    from cluster.observability.events import Events
+    from cluster.observability.progress import choose_sinks
+    from cluster.pipeline.context import RunContext
+    from cluster.pipeline.run import run_request
+
+    request, registry, limits, history = prepare_generate(inputs)
     if args.dry_run or args.card_memory or args.host_memory:
         return _dry_run(args, request, registry, limits)
 
@@ -463,21 +494,18 @@ def _generate(args: argparse.Namespace) -> int:
 
     guard = RunGuard()
     with SignalWatch(guard), machine_stdout(args.json) as out:
-        context = RunContext(registry, limits, events=Events(*choose_sinks(args.json, out=out)), stop=guard.stop,
-                             history=History(args.history_db), guard=guard)
+        events = Events(*choose_sinks(args.json, out=out))
+        if note:
+            events.emit("front_door_skipped", reason=note)
+        context = RunContext(registry, limits, events=events, stop=guard.stop, history=history, guard=guard)
         result = run_request(request, context)
         if args.json:
-            from cluster.entrypoints.summary import changes
-
-            print(json.dumps({"event": "summary", "status": result.outcome.status, "exit_code": result.exit_code,
-                              "outputs": result.outputs, "changes": changes(result.outcome, result.exit_code)},
-                             ensure_ascii=False), file=out, flush=True)
+            print(json.dumps(summary_event(result, "direct"), ensure_ascii=False), file=out, flush=True)
     if not args.json:
         _print_summary(result)
-    if result.outcome.error is not None and result.exit_code != 0:
-        from cluster.observability.progress import one_line
-
-        print(f"error {result.outcome.error.code}: {one_line(result.outcome.error.message)}", file=sys.stderr)
+    error = error_line(result)
+    if error:
+        print(error, file=sys.stderr)
     if guard.signal == signal.SIGTERM:
         return 143
     return result.exit_code
@@ -525,25 +553,10 @@ def machine_stdout(json_mode: bool):
 
 
 def _print_summary(result) -> None:
-    from cluster.observability.progress import one_line
-    from cluster.entrypoints.summary import changes
+    from cluster.entrypoints.summary import summary_lines
 
-    # the folder comes from folder-name, model ids from --config, messages from backends
-    outcome = result.outcome
-    outputs = result.outputs
-    made, planned = len(outcome.images), outcome.planned_total
-    print(one_line(f"{outcome.status}: {made}/{planned} images in {outcome.total_seconds:.1f}s -> "
-                   f"{outcome.folder_display}"))
-    primary = outcome.primary_image
-    if primary is not None:
-        print(one_line(f"primary: images/generated-image.png ({primary.model}, seed {primary.image.task.seed}, "
-                       f"quality {primary.quality.overall:.3f})"))
-    for failure in outcome.failures:
-        print(one_line(f"failed: planned image {failure.task.index} on {failure.task.model}: {failure.code} "
-                       f"{failure.message}"))
-    for change in changes(outcome, result.exit_code):
-        print(one_line(f"note: {change}"))
-    print(one_line(f"report: {outputs['generation-report']}"))
+    for line in summary_lines(result):
+        print(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

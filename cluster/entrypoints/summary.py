@@ -1,11 +1,45 @@
 """What a person reads when a run ends: the outcome, and one line for each thing that changed on
-the way (the report holds the detail; these lines say that it is there)."""
+the way (the report holds the detail; these lines say that it is there). The direct path prints
+these; the front door sends the same lines to its client, which prints them."""
 
 from __future__ import annotations
 
+from cluster.observability.progress import one_line
 from cluster.planning.costs.money import format_usd
 from cluster.observability.prompt_truncation import summary_line
 from cluster.output.report import RunOutcome
+
+
+def summary_lines(result) -> list[str]:
+    """The lines `generate` prints on stdout when a run ends (`result`: a RunResult), each one line."""
+    # the folder comes from folder-name, model ids from --config, messages from backends
+    outcome, outputs = result.outcome, result.outputs
+    made, planned = len(outcome.images), outcome.planned_total
+    lines = [f"{outcome.status}: {made}/{planned} images in {outcome.total_seconds:.1f}s -> {outcome.folder_display}"]
+    primary = outcome.primary_image
+    if primary is not None:
+        lines.append(f"primary: images/generated-image.png ({primary.model}, seed {primary.image.task.seed}, "
+                     f"quality {primary.quality.overall:.3f})")
+    for failure in outcome.failures:
+        lines.append(f"failed: planned image {failure.task.index} on {failure.task.model}: {failure.code} "
+                     f"{failure.message}")
+    lines += [f"note: {change}" for change in changes(outcome, result.exit_code)]
+    lines.append(f"report: {outputs['generation-report']}")
+    return [one_line(line) for line in lines]
+
+
+def summary_event(result, path: str) -> dict:
+    """The last JSON line of `generate --json`; `path`: which way the run went (direct, front-door)."""
+    return {"event": "summary", "status": result.outcome.status, "exit_code": result.exit_code,
+            "outputs": result.outputs, "changes": changes(result.outcome, result.exit_code), "path": path}
+
+
+def error_line(result) -> str | None:
+    """The `error IMG_0xx: ...` line for stderr when the run failed, else None."""
+    error = result.outcome.error
+    if error is None or result.exit_code == 0:
+        return None
+    return f"error {error.code}: {one_line(error.message)}"
 
 
 def changes(outcome: RunOutcome, exit_code: int) -> list[str]:

@@ -5,6 +5,8 @@ running here; never a run's or a server's private embedded instance) and brings 
 named model and scorer replicas through the cluster's ResidentRegistry; `generate
 --address auto` and `batch` then find them warm. Ray's token authentication is on: `up`
 generates the token (~/.ray/auth_token) before `ray start`, and drivers on this machine read it.
+`up` also opens the cluster's front door (cluster.entrypoints.frontdoor) when the cluster runs on
+this machine, so `generate` hands its run over instead of joining as a Ray driver; `down` closes it.
 """
 
 from __future__ import annotations
@@ -177,20 +179,38 @@ def status() -> dict:
             except Exception as exc:  # noqa: BLE001 - a replica restarting or retiring right now
                 row["state"] = type(exc).__name__
         resident.append(row)
+    from cluster.entrypoints.frontdoor.actor import front_door_status
+
     return {
         "nodes": nodes,
         "available": {k: available.get(k, 0.0) for k in ("CPU", "GPU", GPU_MEMORY_RESOURCE)},
         "resident": resident,
+        "front_door": front_door_status(),
         # every group the project holds, so one no replica holds any more is seen (and `down` frees it)
         "placement_groups": ray.get(registry.groups.remote(), timeout=REGISTRY_TIMEOUT),
     }
+
+
+def open_front_door() -> tuple[dict | None, str]:
+    """The front door on this machine's node, when the connected cluster has one here: (what it says
+    about itself, or None and why not)."""
+    from cluster.entrypoints.frontdoor.actor import start_front_door
+    from cluster.errors import as_image_error
+
+    try:
+        return start_front_door(), ""
+    except Exception as exc:  # noqa: BLE001 - the models are warm without it; runs then go directly
+        error = as_image_error(exc)
+        return None, error.message if error else " ".join(str(exc).split())[:300]
 
 
 def bring_down(stop_ray: bool = False) -> list[str]:
     import ray
 
     from cluster.engine.resident import REGISTRY_NAME, RELEASE_TIMEOUT, registry_actor
+    from cluster.entrypoints.frontdoor.actor import stop_front_door
 
+    stop_front_door()  # first: its runs stop and write while their replicas are still there
     registry = registry_actor()
     released = ray.get(registry.release.remote(), timeout=RELEASE_TIMEOUT)
     ray.kill(registry, no_restart=True)

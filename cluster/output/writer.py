@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster import env
 from cluster.planning.preflight import RETIRED_MARK, STAGING_MARK
 from cluster.output.report import RunOutcome, comparison_markdown, generation_report, quality_analysis
 
@@ -43,7 +44,7 @@ class WrittenRun:
 
 def display_path(path: Path, cwd: Path | None = None) -> str:
     """`path` relative to the working directory when inside it (what a workflow step passes on)."""
-    cwd = cwd or Path.cwd()
+    cwd = cwd or env.working_dir()
     try:
         return str(path.relative_to(cwd))
     except ValueError:

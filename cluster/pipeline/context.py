@@ -35,6 +35,9 @@ class RunContext:
     # use the cluster's warm replicas and leave them running; None: when the run joins a cluster that
     # outlives it (an embedded instance ends with the run anyway)
     resident: bool | None = None
+    # which way the request came: "direct" (the CLI as a Ray driver of its own), "front-door" (handed
+    # to the warm cluster's long-lived process), "api"; said in run_started and the report
+    path: str = "direct"
 
     def for_run(self, **changes) -> RunContext:
         return replace(self, **changes)

@@ -4,8 +4,6 @@ is kept, so the same request run again makes only what is missing."""
 
 from __future__ import annotations
 
-import sys
-
 from cluster.engine.scheduler import ScheduleResult
 from cluster.engine.scoring import WeightFreeScorer
 from cluster.errors import ImageGenError
@@ -32,5 +30,5 @@ def write_from_journal(state: RunState, code: str, message: str) -> None:
     journal.close()
     outputs = step_outputs(outcome, written)
     write_step_outputs(outputs)
-    print(f"{outcome.status}: {len(outcome.images)}/{outcome.planned_total} images -> {outcome.folder_display} "
-          f"(error {code}; report: {outputs['generation-report']})", file=sys.stderr, flush=True)
+    state.context.guard.say(f"{outcome.status}: {len(outcome.images)}/{outcome.planned_total} images -> "
+                            f"{outcome.folder_display} (error {code}; report: {outputs['generation-report']})")

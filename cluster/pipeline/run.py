@@ -11,6 +11,7 @@ that says what happened; the exit status is 0 when at least one image was made.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from cluster.engine.retry import ABORT_CODES
@@ -74,11 +75,29 @@ def run_request(request: GenerationRequest, context: RunContext) -> RunResult:
     """One run of `request` in `context` (built once by the entry point)."""
     state = RunState.begin(request, context)
     for stage in PLAN:
-        state = stage(state)
-    state = on_cluster(state, planning=PLAN_ON_CLUSTER, making=MAKE)
+        state = _timed(stage)(state)
+    started, staged = time.perf_counter(), sum(state.stage_seconds.values())
+    state = on_cluster(state, planning=[_timed(s) for s in PLAN_ON_CLUSTER], making=[_timed(s) for s in MAKE])
+    # what the stages on the cluster did not take: starting or joining Ray, the guard, metrics, leaving
+    state.stage_seconds["cluster"] = time.perf_counter() - started - (sum(state.stage_seconds.values()) - staged)
     for stage in FINISH:
-        state = stage(state)
+        state = _timed(stage)(state)
+    context.events.emit("stage_times", seconds={name: round(s, 4) for name, s in state.stage_seconds.items()})
     return RunResult(state.outcome, state.written, state.outputs, context.events)
+
+
+def _timed(stage):
+    """`stage`, adding the seconds it takes to the state's stage_seconds under its name."""
+    def timed(state: RunState) -> RunState:
+        started = time.perf_counter()
+        try:
+            return stage(state)
+        finally:
+            state.stage_seconds[stage.__name__] = state.stage_seconds.get(stage.__name__, 0.0) + \
+                time.perf_counter() - started
+
+    timed.__name__ = stage.__name__
+    return timed
 
 
 def run_generation(request: GenerationRequest, registry: Registry, limits: Limits, **context) -> RunResult:

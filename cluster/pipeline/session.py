@@ -48,7 +48,7 @@ def on_cluster(state: RunState, planning: Sequence[Stage], making: Sequence[Stag
 @contextlib.contextmanager
 def _watched(state: RunState, runtime: RayRuntime) -> Iterator[None]:
     request, context = state.request, state.context
-    state.cluster_info = runtime.describe()
+    state.cluster_info = {**runtime.describe(), "path": context.path}
     for note in state.cluster_info.get("notes", []):
         context.events.emit("ray_note", message=note)
     if context.guard is not None and runtime.owned:

@@ -55,6 +55,9 @@ class RunState:
     outcome: RunOutcome | None = None
     written: WrittenRun | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    # seconds each stage took (a stage run twice, as budget, adds up), and `cluster`: joining or starting
+    # Ray and leaving it; said in the stage_times event, which scripts/bench_latency.py reads
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def begin(cls, request: GenerationRequest, context: RunContext) -> RunState:

@@ -2,7 +2,10 @@
 
 Scripts decide what they can: kana is Japanese, hangul Korean, Han without kana Chinese, and so on.
 Latin-script text goes to py3langid (a compact model shipped inside the package), restricted to
-Latin-script languages; text too short for a model to judge ("neon street") is taken as English.
+Latin-script languages; text too short for a model to judge ("neon street") is taken as English,
+and so is plain ASCII text that uses English function words ("the", "of", "with", ...) and none of
+another Latin-script language's: most prompts are English, and loading py3langid's model costs more
+than half a second, so it is loaded (once per process) only for text that can be something else.
 A prompt with both a non-Latin script and a run of Latin words ("a neon street in 渋谷") is mixed.
 `localise` gives each task the prompt its model reads (the translation stage decides the English).
 """
@@ -20,6 +23,28 @@ LATIN_LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "nl", "pl", "sv", "da", "
 # Latin text this short (in letters) with no accents is not worth a model's guess
 SHORT_LATIN = 24
 WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+# Function words of English that are no word of the other LATIN_LANGUAGES: ASCII text with one of
+# these and none of FOREIGN_WORDS is English without asking a model.
+ENGLISH_WORDS = frozenset("the of and with from this that into its their while through beneath behind above near "
+                          "at".split())
+# Function words of the other LATIN_LANGUAGES (not English words too): one of them sends the text to
+# py3langid. Generous on purpose: a word too many here costs a model load, never a wrong answer.
+FOREIGN_WORDS = frozenset(
+    "el la los las del y en con una un por para que su al sobre entre muy "  # es
+    "le les des du et une avec dans sur pour au aux est sous par qui "  # fr
+    "der das und ein eine einem einer mit im auf zu dem ist von bei unter nicht "  # de
+    "il lo gli di e nel nella sul della che per tra fra "  # it
+    "o os um uma com em na da dos das ao "  # pt
+    "het een van op voor naar bij onder zijn niet de met "  # nl
+    "w z na ze od dla przy nad pod "  # pl
+    "och ett av som vid till "  # sv
+    "og af er det ved paa "  # da, no
+    "ja ei se ovat joka kanssa "  # fi
+    "v je ve "  # cs
+    "bir ve ile bu icin gibi "  # tr
+    "yang dan dengan ini itu ke dari pada untuk sebuah seorang "  # id
+    "va cua mot nhung voi trong tren "  # vi
+    "si cu pe din este sau unei".split())  # ro
 
 
 @dataclass(frozen=True)
@@ -92,10 +117,20 @@ def _latin(text: str, words: list[str]) -> Detection:
     letters = sum(len(w) for w in words)
     if letters < SHORT_LATIN and text.isascii():
         return Detection("en", ("en",), "short Latin text without accents: taken as English")
+    if plainly_english(text, words):
+        return Detection("en", ("en",), "ASCII text with English function words and no other language's")
     language, probability = _identifier().classify(text)
     if probability < 0.45:
         return Detection("en", ("en",), f"Latin text, no language sure ({language} at {probability:.2f}): taken as English")
     return Detection(language, (language,), f"py3langid ({probability:.2f})")
+
+
+def plainly_english(text: str, words: list[str]) -> bool:
+    """ASCII text with an English function word and none of another Latin-script language's."""
+    if not text.isascii():
+        return False
+    lowered = {w.lower() for w in words}
+    return bool(lowered & ENGLISH_WORDS) and not lowered & FOREIGN_WORDS
 
 
 _IDENTIFIER = None
@@ -111,6 +146,11 @@ def _identifier():
         identifier.set_languages(LATIN_LANGUAGES)
         _IDENTIFIER = identifier
     return _IDENTIFIER
+
+
+def warm_up() -> None:
+    """Load the identifier now (a long-lived process, once), not in its first request's time."""
+    _identifier()
 
 
 def needs_translation(detection: Detection, model_languages: tuple[str, ...]) -> bool:

@@ -16,16 +16,14 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cluster import env
 from cluster.errors import ImageGenError
 from models.adapters import CODE as ADAPTER_CODE, check_fit, format_choices, load_adapters, parse_adapters
+from cluster.planning.bounds import (MAX_IMAGE_COUNT, MAX_PARALLEL, MAX_SEED, MAX_SIDE, MAX_STEPS,  # noqa: F401
+                                     MIN_SIDE, SIDE_MULTIPLE)
 from models.prompt_length import max_prompt_chars
 from models.registry import Registry
 
-MAX_IMAGE_COUNT = 10
-MAX_PARALLEL = 64
-MAX_SEED = 2**32 - 1
-MAX_STEPS = 200
-MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 16, 4096, 16
 STRATEGIES = ("smart", "sequential", "parallel")
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -81,7 +79,7 @@ def parse_request(raw: Mapping[str, Any], registry: Registry, cwd: Path | None =
     `raw` uses the Action's input names with underscores (`image_prompt`, `folder_name`, ...);
     a missing or None value takes the default.
     """
-    cwd = cwd or Path.cwd()
+    cwd = cwd or env.working_dir()
 
     def get(name: str) -> str | None:
         value = raw.get(name)

@@ -29,7 +29,7 @@ from cluster.entrypoints.api.keys import Caller, Hold, KeyBudgets, KeyCheck, dig
 from cluster.entrypoints.api.schema import (ApiError, check_text, envelope, max_body_bytes, multi_image_inputs,
                                 parse_images_request, raw_inputs, retry_helps, status_for)
 from cluster.entrypoints.api.storage import DataDir
-from cluster.entrypoints.api.wording import public_error, public_report
+from cluster.entrypoints.api.wording import public_error, public_report, server_timing
 from cluster.errors import ImageGenError, describe_exception
 
 # no schema or docs routes: they would be the one thing served without a key
@@ -343,10 +343,11 @@ class ImageAPI:
             token, folder = self.data.new_request()
             base = self._base(request)
             url = body.response_format == "url"
-            data = await self._generate(raw_inputs(body, str(folder), self.config.scorer, self.config.upload_uri),
-                                        caller, folder, lambda result: self._answer_images(body, result, folder, token, base),
-                                        keep=lambda answered: answered and url)
-            return {"created": int(time.time()), "data": data}
+            data, timing = await self._generate(
+                raw_inputs(body, str(folder), self.config.scorer, self.config.upload_uri), caller, folder,
+                lambda result: (self._answer_images(body, result, folder, token, base), server_timing(result.events)),
+                keep=lambda answered: answered and url)
+            return JSONResponse({"created": int(time.time()), "data": data}, headers={"Server-Timing": timing})
 
         return await self._guarded(request, handler)
 

@@ -233,11 +233,13 @@ def check_side(side: int, specs: list, field: str) -> None:
 
 def raw_inputs(request: ImagesRequest, folder: str, scorer: str | None,
                upload_uri: str | None = None) -> dict[str, str | None]:
-    """The `generate` inputs (the Action's names) a checked images request means."""
+    """The `generate` inputs (the Action's names) a checked images request means. One image is scored
+    without a CLIP model: with nothing to choose between and no score in the OpenAI answer, a scorer's
+    call would be paid for nothing (its weight-free quality is still in the report)."""
     size = request.dimensions()
     return {"image_prompt": request.prompt, "folder_name": folder, "image_count": str(request.n),
             "models": request.model, "width": str(size[0]) if size else None,
-            "height": str(size[1]) if size else None, "scorer": scorer,
+            "height": str(size[1]) if size else None, "scorer": scorer if request.n > 1 else "none",
             "generation_strategy": "parallel" if request.model != "auto" else None, "upload_uri": upload_uri,
             "adapters": request.adapters}
 

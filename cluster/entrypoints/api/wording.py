@@ -105,3 +105,12 @@ def public_report(value, folder: str, images_url: str):
         value = value.replace(f"file://{folder}/images/", f"{images_url}/")
         return value.replace(f"{folder}/", "").replace(folder, ".")
     return value
+
+
+def server_timing(events) -> str:
+    """A run's stage times as an HTTP Server-Timing header (milliseconds; `pipeline` is the model's own
+    calls), so a client or a benchmark sees where a request's time went. Stage names only: no insides."""
+    stages = next((e["seconds"] for e in reversed(events.history) if e["event"] == "stage_times"), {})
+    pipeline = sum(e.get("seconds", 0.0) for e in events.history if e["event"] == "image_done")
+    parts = [f"{name};dur={seconds * 1000:.1f}" for name, seconds in stages.items()]
+    return ", ".join([*parts, f"pipeline;dur={pipeline * 1000:.1f}"])

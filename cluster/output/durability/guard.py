@@ -15,10 +15,15 @@ exit status (130 for SIGINT, 143 for SIGTERM, 1 for a lost cluster).
 Signals are seen through `signal.set_wakeup_fd`: the interpreter's C handler writes the signal's
 number to a pipe the moment it arrives, so a watcher thread sees it even while the main thread is
 blocked inside Ray's C++ code (where Python-level handlers would only run once it returns).
+
+In a process that serves many runs (the warm cluster's front door), a guard must not end the
+process: it is given `end` (what to do with the exit status instead) and `say` (where its lines go),
+and the run it wrote for unwinds with `GuardWrote` instead of waiting for the end.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import socket
@@ -38,12 +43,35 @@ def exit_status(signum: int | None) -> int:
     return 128 + signum if signum else 1
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _end_process(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+class GuardWrote(Exception):
+    """The guard wrote the run's report from its journal; the run stops where it is."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
 class RunGuard:
     def __init__(self, deadline_s: float = DEADLINE_S, lost_after_s: float = 4.0,
-                 stop_message: str = "stopping: writing what is finished (signal again to write it at once)"):
+                 stop_message: str = "stopping: writing what is finished (signal again to write it at once)",
+                 say: Callable[[str], None] = _to_stderr, end: Callable[[int], None] = _end_process):
         self.deadline_s = deadline_s
         self.stop_message = stop_message
         self.lost_after_s = lost_after_s
+        self.say = say
+        self._end = end
+        self._wrote = threading.Event()
+        self._rescue_context: contextvars.Context | None = None
         self.stop = threading.Event()  # the run's "stop starting work"
         self.signal: int | None = None
         self.signals = 0
@@ -52,12 +80,23 @@ class RunGuard:
         self._rescue: Callable[[str, str], None] | None = None
         self._timer: threading.Timer | None = None
         self._watching = threading.Event()
+        self.status: int | None = None  # the exit status the guard wrote with
 
     # --- the run's side -------------------------------------------------------------------
 
     def attach(self, rescue: Callable[[str, str], None]) -> None:
-        """`rescue(code, message)` writes the run's partial report from its journal (no Ray)."""
+        """`rescue(code, message)` writes the run's partial report from its journal (no Ray), in the
+        run's context (a front door's run reads its client's environment there)."""
+        self._rescue_context = contextvars.copy_context()
         self._rescue = rescue
+
+    def stand_aside(self) -> None:
+        """The run found the guard writing its report: wait for the guard to end the process, or,
+        where it does not (a front door), for it to finish, then unwind the run with GuardWrote."""
+        self._wrote.wait()
+        if self._end is _end_process:
+            threading.Event().wait()
+        raise GuardWrote(self.status)
 
     def claim(self) -> bool:
         """The run is about to write its report: True when the guard has not started to."""
@@ -88,7 +127,7 @@ class RunGuard:
         if self.signal is None:
             self.signal = signum
         self.stop.set()
-        print(f"[multi-image] {self.stop_message}", file=sys.stderr, flush=True)
+        self.say(f"[multi-image] {self.stop_message}")
         if self.signals == 1:
             self._timer = threading.Timer(self.deadline_s, self._fire_for_signal)
             self._timer.daemon = True
@@ -124,15 +163,15 @@ class RunGuard:
             if self._writer == "run":
                 return  # the run's own report is being written; its exit follows
             self._writer = "guard"
-        rescue = self._rescue
+        rescue, context = self._rescue, self._rescue_context
         if rescue is not None:
             try:
-                rescue(code, message)
+                context.run(rescue, code, message) if context is not None else rescue(code, message)
             except BaseException as exc:  # noqa: BLE001 - the exit below must happen whatever failed
-                print(f"error IMG_020: could not write the partial report: {exc}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+                self.say(f"error IMG_020: could not write the partial report: {exc}")
+        self.status = status
+        self._wrote.set()
+        self._end(status)
 
 
 class SignalWatch:

@@ -22,7 +22,7 @@ def resume(state: RunState) -> RunState:
         events.emit("run_resumed", kept=len(resumed.images), discarded=len(resumed.discarded),
                     missing=plan.total - len(resumed.images))
     events.emit("run_started", images=plan.total, models=",".join(plan.models), strategy=plan.strategy,
-                planned=planned_counts(plan))
+                planned=planned_counts(plan), path=state.context.path)
     if state.context.guard is not None:
         state.context.guard.attach(lambda code, message: write_from_journal(state, code, message))
     return state

@@ -19,7 +19,7 @@ def translate(state: RunState) -> RunState:
         return state
     request, context, plan = state.request, state.context, state.plan
     specs = list({s.id: s for s in [*plan.specs.values(), *fallback_specs(plan, context.registry)]}.values())
-    result = translate_prompt(request.image_prompt, specs, request.translate, load_translation(), context.events,
+    result = translate_prompt(request.image_prompt, specs, request.translate, load_translation, context.events,
                               state.resident)
     if result.detection.english:
         return state

@@ -1,12 +1,10 @@
 """Write: the folder in the design card's layout, swapped in atomically (images, report, scores,
 comparison, gallery). When the guard is already writing the partial report from the journal (a
-second signal, a lost cluster), the run leaves it that and waits for it to end the process. A run
+second signal, a lost cluster), the run leaves it that (cluster.output.durability.guard). A run
 that made every planned image drops its journal; an unfinished one keeps it, so running the same
 request again makes only what is missing."""
 
 from __future__ import annotations
-
-import threading
 
 from cluster.errors import ImageGenError
 from cluster.output.gallery import render_gallery
@@ -17,7 +15,7 @@ from cluster.pipeline.state import RunState
 def write(state: RunState) -> RunState:
     guard, outcome = state.context.guard, state.outcome
     if guard is not None and not guard.claim():
-        threading.Event().wait()  # the guard is writing the report from the journal, then ends the process
+        guard.stand_aside()  # the guard is writing the report from the journal
     try:
         state.written = write_run(outcome, gallery=render_gallery)
     except OSError as exc:

@@ -109,12 +109,23 @@ def load_adapters(path: str | Path | None = None) -> AdapterRegistry:
     if path is None:
         from cluster import env
 
-        return _cached(env.adapters_config() or DEFAULT_ADAPTERS_FILE)
+        chosen = Path(env.adapters_config() or DEFAULT_ADAPTERS_FILE)
+        return _cached(chosen, _stamp(chosen))
     return load_config(path, DEFAULT_ADAPTERS_FILE, "adapter config", lambda raw: _build(raw, Path(path)))
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What says the file changed: a long-lived process (the front door, the API) reads an edited
+    registry on its next request instead of the one it started with."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # load_config says what is wrong with it
+    return stat.st_mtime_ns, stat.st_size
+
+
 @lru_cache(maxsize=4)
-def _cached(path: Path) -> AdapterRegistry:
+def _cached(path: Path, stamp: tuple[int, int] | None) -> AdapterRegistry:
     return load_config(path, DEFAULT_ADAPTERS_FILE, "adapter config", lambda raw: _build(raw, path))
 
 

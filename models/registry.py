@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cluster.config_files import bundled_config
+from cluster.config_files import bundled_config, parse_yaml
 from cluster.errors import ImageGenError
 from models.hub_cli import download_command
 
@@ -234,7 +234,7 @@ class Registry:
 def load_registry(path: str | Path | None = None) -> Registry:
     path = Path(path) if path else DEFAULT_MODELS_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ImageGenError(
             "IMG_018", f"model config {str(path)!r} does not exist; pass an existing file to --config."

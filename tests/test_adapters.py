@@ -67,6 +67,19 @@ def test_a_missing_adapter_names_the_command_that_fetches_it(tmp_path):
         assert info.value.code == "IMG_031" and says in info.value.message
 
 
+def test_a_long_lived_process_reads_an_edited_registry_on_its_next_request(tmp_path, monkeypatch):
+    """The front door and the API live for days: an adapter added to the registry is there for the
+    next request without a restart (the registry is cached per file version, not per process)."""
+    path = tmp_path / "adapters.yaml"
+    monkeypatch.setenv("KAMUI_ADAPTERS_CONFIG", str(path))
+    entry = "  {}: {{source: builtin:tiny-style, family: tiny-flux}}\n"
+    path.write_text("families: {tiny-flux: {budget_gb: 0.05}}\nadapters:\n" + entry.format("first"), encoding="utf-8")
+    assert [s.id for s in load_adapters()] == ["first"]
+    assert load_adapters() is load_adapters()  # unchanged: read once
+    path.write_text(path.read_text(encoding="utf-8") + entry.format("second-look"), encoding="utf-8")
+    assert parse_adapters("second-look:0.5", load_adapters()) == (("second-look", 0.5),)
+
+
 def test_an_adapter_of_a_family_without_settings_is_a_config_error(tmp_path):
     path = tmp_path / "adapters.yaml"
     path.write_text("adapters:\n  x: {source: builtin:tiny-style, family: flux1}\n", encoding="utf-8")

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from cluster import env
+from cluster.config_files import parse_yaml
 from cluster.errors import ImageGenError
 from cluster.observability.events import Events
 from cluster.observability.history import History
@@ -80,7 +81,7 @@ def read_manifest(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     defaults: Any = {}
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or []
+            data = parse_yaml(text) or []
             if isinstance(data, dict):
                 defaults, data = data.get("defaults") or {}, data.get("entries", [])
         else:

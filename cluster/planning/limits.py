@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cluster.config_files import bundled_config
+from cluster.config_files import bundled_config, parse_yaml
 from cluster.errors import ImageGenError
 
 DEFAULT_LIMITS_FILE = bundled_config("limits.yaml")
@@ -101,7 +101,7 @@ def _convert(key: str, value: Any) -> Any:
 def load_limits(path: str | Path | None = None) -> Limits:
     path = Path(path) if path else DEFAULT_LIMITS_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ImageGenError("IMG_018", f"limits file {str(path)!r} does not exist.") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

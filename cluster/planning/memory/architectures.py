@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cluster.config_files import bundled_config
+from cluster.config_files import bundled_config, parse_yaml
 from cluster.errors import ImageGenError
 
 Role = Literal["denoiser", "text_encoder", "vae", "other"]
@@ -75,7 +75,7 @@ def architecture_path(name: str) -> Path:
 def load_architecture(name: str) -> Architecture:
     path = architecture_path(name)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
         return Architecture(name=name, **raw)
     except FileNotFoundError:
         raise ImageGenError("IMG_018", f"no architecture {name!r} (looked for {str(path)!r}).") from None

@@ -52,10 +52,14 @@ def cache_dir() -> Path:
 
 
 def adapters_config() -> Path | None:
-    """KAMUI_ADAPTERS_CONFIG: another adapters.yaml for every process that reads it (set it on every
-    node: replicas read it too); None: the bundled one."""
-    value = os.environ.get("KAMUI_ADAPTERS_CONFIG")
-    return Path(value).expanduser() if value else None
+    """KAMUI_ADAPTERS_CONFIG: another adapters.yaml, as the caller set it (a run handed to the front
+    door reads the client's, relative to the client's folder; set it on every node too: replicas
+    read its family settings); None: the bundled one."""
+    value = _get("KAMUI_ADAPTERS_CONFIG")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else working_dir() / path
 
 
 def history_path() -> Path | None:
@@ -142,7 +146,7 @@ def storage_emulator_host() -> str | None:
 # the environment of whoever ran `ray start`, not of the shell that started the server.
 FORWARDED = ("KAMUI_CACHE_DIR", "XDG_CACHE_HOME", "KAMUI_HISTORY_DB", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT",
              "GOOGLE_CLOUD_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_VERTEX_BASE_URL",
-             "STORAGE_EMULATOR_HOST")
+             "STORAGE_EMULATOR_HOST", "KAMUI_ADAPTERS_CONFIG")
 
 
 def forwarded() -> tuple[tuple[str, str], ...]:

@@ -80,6 +80,23 @@ def test_a_long_lived_process_reads_an_edited_registry_on_its_next_request(tmp_p
     assert parse_adapters("second-look:0.5", load_adapters()) == (("second-look", 0.5),)
 
 
+def test_a_run_through_the_front_door_reads_the_clients_adapter_registry(tmp_path, monkeypatch):
+    """The front door runs a client's `generate` in its own long-lived process: the registry the
+    client named (KAMUI_ADAPTERS_CONFIG, relative to the client's folder) is the one its run reads,
+    and `serve` carries it to its replica."""
+    from cluster import env
+
+    (tmp_path / "mine.yaml").write_text("families: {tiny-flux: {budget_gb: 0.05}}\nadapters:\n"
+                                        "  client-look: {source: builtin:tiny-style, family: tiny-flux}\n",
+                                        encoding="utf-8")
+    monkeypatch.delenv("KAMUI_ADAPTERS_CONFIG", raising=False)  # the front door's own process: the bundled one
+    assert "client-look" not in load_adapters()
+    with env.overlay({"KAMUI_ADAPTERS_CONFIG": "mine.yaml"}, cwd=tmp_path):
+        assert env.for_run()["KAMUI_ADAPTERS_CONFIG"] == "mine.yaml"
+        assert [s.id for s in load_adapters()] == ["client-look"]
+    assert "KAMUI_ADAPTERS_CONFIG" in env.FORWARDED
+
+
 def test_an_adapter_of_a_family_without_settings_is_a_config_error(tmp_path):
     path = tmp_path / "adapters.yaml"
     path.write_text("adapters:\n  x: {source: builtin:tiny-style, family: flux1}\n", encoding="utf-8")

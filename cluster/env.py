@@ -151,7 +151,9 @@ FORWARDED = ("KAMUI_CACHE_DIR", "XDG_CACHE_HOME", "KAMUI_HISTORY_DB", "GOOGLE_AP
 
 def forwarded() -> tuple[tuple[str, str], ...]:
     """The FORWARDED variables set here, as (name, value) pairs. Values may be secrets: never log them."""
-    return tuple((name, value) for name in FORWARDED if (value := _get(name)))
+    paths = {"KAMUI_ADAPTERS_CONFIG": adapters_config}  # relative to this process's folder, not the other's
+    return tuple((name, str(paths[name]()) if name in paths else value)
+                 for name in FORWARDED if (value := _get(name)))
 
 
 # What a run reads from its caller's environment: a `generate` handed to the front door brings these

@@ -41,6 +41,9 @@ class RunContext:
     path: str = "direct"
     # a long-lived process's leases on the warm replicas (the API's): its runs skip the registry
     leases: WarmLeases | None = None
+    # False: the folder is scratch its caller removes once answered (an API answer carried in its
+    # body), so it is not fsynced; the journal still is
+    durable_folder: bool = True
 
     def for_run(self, **changes) -> RunContext:
         return replace(self, **changes)

@@ -255,7 +255,9 @@ class ImageAPI:
 
         answered = False
         try:
-            result = run_request(request, self.context.for_run(events=Events(job.on_event), stop=job.stop))
+            # a folder that goes once answered (keep(True) is False) is scratch: not fsynced
+            context = self.context.for_run(events=Events(job.on_event), stop=job.stop, durable_folder=keep(True))
+            result = run_request(request, context)
             job.result = result
             if job.abandoned:
                 return None

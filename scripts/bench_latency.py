@@ -12,7 +12,7 @@
 3. Where the time goes: the run's stages (the `stage_times` event; the API's Server-Timing header),
    and, outside the run, the client process's start and imports, measured on their own.
 
-    python scripts/bench_latency.py [--runs 5] [--requests 30] [--concurrent 16]
+    python scripts/bench_latency.py [--runs 5] [--requests 30] [--concurrent 16] [--only generate|api]
 
 The cluster is this process's Ray instance with tiny-flux resident and the front door open, as
 after `multi-image cluster up --models tiny-flux --scorer tiny-clip` (runs ask for --scorer
@@ -206,6 +206,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="generate runs per row (default 5)")
     parser.add_argument("--requests", type=int, default=30, help="API requests per round (default 30)")
     parser.add_argument("--concurrent", type=int, default=16, help="concurrent API clients (default 16)")
+    parser.add_argument("--only", choices=("generate", "api"), help="measure only the generate rows or only the API's")
     args = parser.parse_args()
 
     import ray
@@ -229,9 +230,11 @@ def main() -> int:
         gcs = ray.get_runtime_context().gcs_address
         print(f"tiny-flux 64x64 (2 steps) resident, scorer tiny-clip, on this machine's {os.cpu_count()} CPUs; "
               f"{time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, Ray {ray.__version__}")
-        starts = start_costs(dict(os.environ), work, args.runs)
-        print_generate(generate_rows(work, gcs, runtime, args.runs), starts)
-        print_api(api_rounds(args.requests, args.concurrent))
+        if args.only != "api":
+            starts = start_costs(dict(os.environ), work, args.runs)
+            print_generate(generate_rows(work, gcs, runtime, args.runs), starts)
+        if args.only != "generate":
+            print_api(api_rounds(args.requests, args.concurrent))
     finally:
         bring_down()
         ray.shutdown()

@@ -89,7 +89,8 @@ def _report_view(folder: Path) -> dict:
 
 def _timeless(value):
     if isinstance(value, dict):
-        return {k: _timeless(v) for k, v in value.items() if not any(w in k for w in ("time", "seconds", "usd"))}
+        return {k: _timeless(v) for k, v in value.items()
+                if not any(w in k for w in ("time", "seconds", "usd")) and not k.endswith("_at")}
     if isinstance(value, list):
         return [_timeless(v) for v in value]
     return value

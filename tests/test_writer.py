@@ -162,3 +162,24 @@ def test_a_durable_write_that_runs_out_of_space_leaves_no_partial_file(tmp_path,
     with pytest.raises(OSError):
         writer_module.write_durably(target, b"\x89PNG" * 1000)
     assert list(target.parent.iterdir()) == []
+
+
+def test_a_scratch_folder_is_the_same_folder_without_fsyncs(request_, tmp_path, monkeypatch):
+    """An API answer's scratch folder (durable=False) has every file, byte for byte, that a durable
+    write makes; only the fsyncs are skipped (it is removed once the answer is read)."""
+    import os
+
+    outcome = outcome_for(request_, [generated(0, "tiny-flux", 1), generated(1, "tiny-sd", 2)])
+
+    def written(durable: bool) -> dict[str, bytes]:
+        write_run(outcome, durable=durable)
+        folder = tmp_path / "out"
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    durable = written(True)
+    assert len(synced) >= 7  # each file, each folder, the swap
+    synced.clear()
+    assert written(False) == durable and not synced

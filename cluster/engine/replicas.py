@@ -19,6 +19,7 @@ from cluster.observability.events import Events
 from cluster.planning.limits import Limits
 from cluster.planning.feasibility import batch_cap, checked_plan, replica_fit
 from cluster.planning.memory.planner import MemoryPlan
+from cluster.engine.leases import Lease, WarmLeases
 from cluster.engine.nodes import available_by_node, cluster_nodes
 from cluster.engine.replica_choice import Timing, choose_replicas
 from cluster.planning.placement import (
@@ -35,6 +36,9 @@ from models.registry import ModelSpec
 
 # Calls a local replica accepts at once; past the first they wait for the pipeline inside it.
 LOCAL_QUEUE_SLOTS = 8
+# How long a run waits for its leased replicas' `load` answers before it goes on (cluster.engine.leases):
+# a warm replica answers in milliseconds; one still loading (restarted) is left to the scheduler.
+LEASE_CHECK_S = 1.0
 
 
 def _credentials(spec: ModelSpec):
@@ -93,10 +97,13 @@ class ModelGroup:
 
 class ReplicaPool:
     def __init__(self, limits: Limits, max_parallel: int, events: Events | None = None, run_id: str | None = None,
-                 resident: bool = False, keep_alive_s: float | None = None, memory_plan: str | None = None):
+                 resident: bool = False, keep_alive_s: float | None = None, memory_plan: str | None = None,
+                 leases: WarmLeases | None = None):
         """`resident`: use (and leave behind) the cluster's warm replicas instead of run-owned ones.
-        `memory_plan`: a plan every local model of the run must use (--memory-plan)."""
+        `memory_plan`: a plan every local model of the run must use (--memory-plan). `leases`: the
+        calling process's warm-replica leases, used and renewed instead of asking the registry each run."""
         self.limits = limits
+        self.leases = leases if resident else None
         self.memory_plan = memory_plan
         self._plans: dict[str, MemoryPlan] = {}
         self.max_parallel = max_parallel
@@ -267,12 +274,42 @@ class ReplicaPool:
 
     def _resident_group(self, spec: ModelSpec, bundle: dict[str, float], count: int, batch: int,
                         plan: MemoryPlan) -> ModelGroup:
-        """The model's warm replicas, from the cluster's ResidentRegistry (made there if none is alive)."""
+        """The model's warm replicas: the process's lease on them when every one still answers, else
+        from the cluster's ResidentRegistry (made there if none is alive), leased for the next run."""
+        options, concurrency = self._actor_options(spec, bundle)
+        leased = self._leased(spec)
+        if leased is not None:
+            lease, loads = leased
+            answer = {"names": list(lease.actors), "created": [], "error": None, "batch": lease.batch}
+            actors = lease.actors
+        else:
+            loads = {}
+            asked = self._ask_registry(spec, bundle, options, count, batch, plan)
+            if isinstance(asked, ModelGroup):  # no replica for it: the group says why
+                return asked
+            answer, actors = asked
+        # the replicas reserved GPU memory for their own batch (set by the run that made them)
+        batch = max(1, min(batch, answer.get("batch") or batch))
+        replicas = []
+        for name, actor in actors.items():
+            replicas.append(Replica(name=f"{spec.id}-{name.rsplit('/', 1)[-1]}", model=spec.id, actor=actor,
+                                    concurrency=concurrency, load_ref=loads[name] if name in loads else self._load(actor),
+                                    resident=True))
+        if answer.get("error") and len(replicas) < count:  # the registry placed fewer than asked: say what ran out
+            self.events.emit("replicas_limited", model=spec.id, replicas=len(replicas),
+                             reason=f"{len(replicas)} of the {count} replicas asked for: {answer['error']}")
+        self.events.emit("model_loading", model=spec.id, replicas=len(replicas), batch_size=batch,
+                         resident=True, created=len(answer["created"]))
+        return ModelGroup(spec, replicas, batch)
+
+    def _ask_registry(self, spec: ModelSpec, bundle: dict[str, float], options: dict[str, Any], count: int,
+                      batch: int, plan: MemoryPlan) -> tuple[dict, dict[str, Any]] | ModelGroup:
+        """The registry's answer and the replicas' handles (leased when the pool has leases), or the
+        unusable group when the registry could not provide a replica."""
         import ray
 
-        from cluster.engine.resident import ReplicaOrder, actor_handle, registry_actor
+        from cluster.engine.resident import ReplicaOrder, actor_handle, model_prefix, registry_actor
 
-        options, concurrency = self._actor_options(spec, bundle)
         timeout = self.limits.scheduler.placement_timeout
         try:
             order = ReplicaOrder(spec, bundle, options, str(env.cache_dir()), _credentials(spec), self.keep_alive_s,
@@ -289,18 +326,40 @@ class ReplicaPool:
             error = ImageGenError("IMG_010", f"model {spec.id!r}: {answer['error']} (cluster: {describe(self.nodes)}).")
             self.events.emit("model_unplaceable", model=spec.id, code=error.code, message=error.message)
             return ModelGroup(spec, [], batch, error=error)
-        # the replicas reserved GPU memory for their own batch (set by the run that made them)
-        batch = max(1, min(batch, answer.get("batch") or batch))
-        replicas = []
-        for name, actor in actors.items():
-            replicas.append(Replica(name=f"{spec.id}-{name.rsplit('/', 1)[-1]}", model=spec.id, actor=actor,
-                                    concurrency=concurrency, load_ref=self._load(actor), resident=True))
-        if answer.get("error") and len(replicas) < count:  # the registry placed fewer than asked: say what ran out
-            self.events.emit("replicas_limited", model=spec.id, replicas=len(replicas),
-                             reason=f"{len(replicas)} of the {count} replicas asked for: {answer['error']}")
-        self.events.emit("model_loading", model=spec.id, replicas=len(replicas), batch_size=batch,
-                         resident=True, created=len(answer["created"]))
-        return ModelGroup(spec, replicas, batch)
+        if self.leases is not None:
+            self.leases.hold(model_prefix(spec), Lease(dict(actors), answer.get("batch") or batch))
+        return answer, actors
+
+    def _leased(self, spec: ModelSpec) -> tuple[Lease, dict[str, Any]] | None:
+        """The process's lease on `spec`'s warm replicas and their `load` calls, when none of those
+        that answered within LEASE_CHECK_S failed; None (the lease dropped): ask the registry."""
+        if self.leases is None:
+            return None
+        import ray
+
+        from cluster.engine.resident import model_prefix
+
+        key = model_prefix(spec)
+        lease = self.leases.get(key)
+        if lease is None:
+            return None
+        loads = {name: self._load(actor) for name, actor in lease.actors.items()}
+        ready, _ = ray.wait(list(loads.values()), num_returns=len(loads), timeout=LEASE_CHECK_S)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception:  # noqa: BLE001 - died, retired or released: the registry replaces it
+                self.leases.drop(key, lease)
+                return None
+        return lease, loads
+
+    def _drop_lease(self, model: str) -> None:
+        """A leased replica failed in this run: the next run asks the registry again."""
+        group = self.groups.get(model)
+        if self.leases is not None and group is not None:
+            from cluster.engine.resident import model_prefix
+
+            self.leases.drop(model_prefix(group.spec))
 
     # --- loading -------------------------------------------------------------------------
 
@@ -330,6 +389,8 @@ class ReplicaPool:
                              warm=replica.info.warm)
         except Exception as exc:  # noqa: BLE001 - any load failure ends this replica
             replica.dead = True
+            if replica.resident:
+                self._drop_lease(replica.model)
             error = as_image_error(exc) or ImageGenError(
                 "IMG_020", f"model {replica.model!r} replica {replica.name} failed to load: {describe_exception(exc)}"
             )
@@ -371,6 +432,8 @@ class ReplicaPool:
         before it gets work, so its reload never counts against a call's timeout."""
         replica.restarts += 1
         replica.loaded = False
+        if replica.resident:
+            self._drop_lease(replica.model)
         if replica.restarts > self.limits.scheduler.actor_max_restarts:
             replica.dead = True
             replica.load_ref = None

@@ -51,8 +51,14 @@ def display_path(path: Path, cwd: Path | None = None) -> str:
         return str(path)
 
 
-def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | None = None) -> WrittenRun:
+def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | None = None,
+              durable: bool = True) -> WrittenRun:
+    """The folder, written in a staging folder and swapped in. `durable`: every file and rename on the
+    disk before this returns; off only for a scratch folder its caller removes once it has read it
+    (an API answer carried in its body), where a power cut loses nothing anyone will read."""
     folder = outcome.request.folder_name
+    put = write_durably if durable else _write_plain
+    sync = fsync_dir if durable else _no_sync
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{STAGING_MARK}", dir=folder.parent))
     try:
@@ -66,29 +72,29 @@ def write_run(outcome: RunOutcome, gallery: Callable[[RunOutcome, dict], str] | 
 
         sizes: dict[int, int] = {}
         for final in outcome.images:
-            write_durably(images_dir / final.filename, final.image.png)
+            put(images_dir / final.filename, final.image.png)
             sizes[final.position] = len(final.image.png)
         primary = outcome.primary_image
         if primary is not None:
-            write_durably(images_dir / PRIMARY_NAME, primary.image.png)
+            put(images_dir / PRIMARY_NAME, primary.image.png)
 
         urls = [f.url for f in outcome.images]
         primary_url = primary_url_of(outcome)
         report_display = display_path(folder / REPORT_REL)
         report = generation_report(outcome, sizes, report_display)
         comparison = report["model_comparison"]
-        _write_text(meta_dir / "generation-report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        _write_text(meta_dir / "quality-analysis.json",
+        _write_text(put, meta_dir / "generation-report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        _write_text(put, meta_dir / "quality-analysis.json",
                     json.dumps(quality_analysis(outcome), indent=2, ensure_ascii=False) + "\n")
-        _write_text(meta_dir / "model-comparison.md", comparison_markdown(outcome, comparison))
-        _write_text(staging / "google-image-url.txt", primary_url + ("\n" if primary_url else ""))
-        _write_text(staging / "image-urls.json", json.dumps(urls, indent=2) + "\n")
+        _write_text(put, meta_dir / "model-comparison.md", comparison_markdown(outcome, comparison))
+        _write_text(put, staging / "google-image-url.txt", primary_url + ("\n" if primary_url else ""))
+        _write_text(put, staging / "image-urls.json", json.dumps(urls, indent=2) + "\n")
         if gallery is not None:
-            _write_text(staging / "gallery.html", gallery(outcome, report))
-        fsync_dir(images_dir)
-        fsync_dir(meta_dir)
-        fsync_dir(staging)
-        _swap_in(staging, folder)
+            _write_text(put, staging / "gallery.html", gallery(outcome, report))
+        sync(images_dir)
+        sync(meta_dir)
+        sync(staging)
+        _swap_in(staging, folder, sync)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -125,7 +131,7 @@ def file_url(folder: Path, position: int) -> str:
     return (folder / "images" / f"generated-image-{position + 1}.png").as_uri()
 
 
-def _swap_in(staging: Path, folder: Path) -> None:
+def _swap_in(staging: Path, folder: Path, sync: Callable[[Path], None]) -> None:
     retired = None
     if folder.exists():
         retired = folder.parent / f".{folder.name}{RETIRED_MARK}{os.getpid()}"
@@ -137,7 +143,7 @@ def _swap_in(staging: Path, folder: Path) -> None:
         if retired is not None and not folder.exists():
             os.rename(retired, folder)  # put the previous result back
         raise
-    fsync_dir(folder.parent)
+    sync(folder.parent)
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
 
@@ -155,8 +161,21 @@ def write_durably(path: Path, data: bytes) -> None:
         raise
 
 
-def _write_text(path: Path, text: str) -> None:
-    write_durably(path, text.encode("utf-8"))
+def _write_plain(path: Path, data: bytes) -> None:
+    """`data` in `path`, left to the page cache (a scratch folder's file); no partial file when it fails."""
+    try:
+        Path(path).write_bytes(data)
+    except OSError:
+        Path(path).unlink(missing_ok=True)
+        raise
+
+
+def _no_sync(path: Path) -> None:
+    pass
+
+
+def _write_text(put: Callable[[Path, bytes], None], path: Path, text: str) -> None:
+    put(path, text.encode("utf-8"))
 
 
 def fsync_dir(path: Path) -> None:

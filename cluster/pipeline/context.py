@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, replace
 
+from cluster.engine.leases import WarmLeases
 from cluster.engine.scoring import Scorer
 from cluster.observability.events import Events
 from cluster.observability.history import History
@@ -38,6 +39,11 @@ class RunContext:
     # which way the request came: "direct" (the CLI as a Ray driver of its own), "front-door" (handed
     # to the warm cluster's long-lived process), "api"; said in run_started and the report
     path: str = "direct"
+    # a long-lived process's leases on the warm replicas (the API's): its runs skip the registry
+    leases: WarmLeases | None = None
+    # False: the folder is scratch its caller removes once answered (an API answer carried in its
+    # body), so it is not fsynced; the journal still is
+    durable_folder: bool = True
 
     def for_run(self, **changes) -> RunContext:
         return replace(self, **changes)

@@ -127,10 +127,14 @@ def error_response(error: ImageGenError, param: str | None = None, status: int |
 @serve.ingress(api)
 class ImageAPI:
     def __init__(self, config: ServerConfig):
+        from cluster.engine.leases import WarmLeases
         from cluster.observability.history import History
+        from cluster.output.uploader import load_upload_config
         from cluster.pipeline.context import RunContext
+        from cluster.planning.costs.config import load_costs
         from cluster.planning.limits import load_limits
         from models.registry import load_registry
+        from models.scorers import load_scoring
 
         # this replica is the server's own process: it reads credentials and caches as `serve` was given them
         os.environ.update(dict(config.environment))
@@ -138,8 +142,11 @@ class ImageAPI:
         self.registry = load_registry(config.config)
         self.max_body = max_body_bytes(self.registry)
         self.limits = load_limits(config.limits)
-        # what every request's run shares, on the cluster's warm replicas
-        self.context = RunContext(self.registry, self.limits, history=History(config.history_db), resident=True)
+        # what every request's run shares, on the cluster's warm replicas: configs read once, as the
+        # registry and limits are (not per request), and the warm replicas leased across requests
+        self.context = RunContext(self.registry, self.limits, history=History(config.history_db), resident=True,
+                                  costs=load_costs(), scoring=load_scoring(), upload_config=load_upload_config(),
+                                  leases=WarmLeases())
         self.keys = KeyCheck(config.key_digests)
         self.data = DataDir(Path(config.data_dir), config.url_ttl_s)
         self.data.start()
@@ -248,7 +255,9 @@ class ImageAPI:
 
         answered = False
         try:
-            result = run_request(request, self.context.for_run(events=Events(job.on_event), stop=job.stop))
+            # a folder that goes once answered (keep(True) is False) is scratch: not fsynced
+            context = self.context.for_run(events=Events(job.on_event), stop=job.stop, durable_folder=keep(True))
+            result = run_request(request, context)
             job.result = result
             if job.abandoned:
                 return None

@@ -20,7 +20,8 @@ from cluster.planning.strategies import SequentialSource, StaticSource
 def generate(state: RunState) -> RunState:
     request, context, limits = state.request, state.context, state.context.limits
     pool = ReplicaPool(limits, request.max_parallel, context.events, resident=state.resident,
-                       keep_alive_s=limits.scheduler.keep_alive_seconds, memory_plan=request.memory_plan)
+                       keep_alive_s=limits.scheduler.keep_alive_seconds, memory_plan=request.memory_plan,
+                       leases=context.leases)
     # the scorer loads while the models load and generate
     if context.scorer is not None:
         state.scorer = context.scorer

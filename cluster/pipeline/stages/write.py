@@ -17,7 +17,7 @@ def write(state: RunState) -> RunState:
     if guard is not None and not guard.claim():
         guard.stand_aside()  # the guard is writing the report from the journal
     try:
-        state.written = write_run(outcome, gallery=render_gallery)
+        state.written = write_run(outcome, gallery=render_gallery, durable=state.context.durable_folder)
     except OSError as exc:
         raise ImageGenError("IMG_005", f"writing {state.request.folder_name} failed ({exc.strerror or exc}); "
                                        "temporary files were removed.") from None

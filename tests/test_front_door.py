@@ -251,6 +251,7 @@ def test_two_clients_at_once_share_the_warm_replica(tmp_path, front_door):
     log = read_log(tmp_path / "calls.jsonl")
     assert len({e["pid"] for e in log if e["event"] == "start"}) == 1  # one replica served both
     assert max_overlap(log) == 1  # the replica's own limit holds across both clients' runs
+    assert any("local" in key for key in door_idle()["leased"])  # later runs reach it without the registry
     for name in ("job-a", "job-b"):
         assert read_json(tmp_path / name / "metadata/generation-report.json")["generation_summary"][
             "successful_generations"] == 3

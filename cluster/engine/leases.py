@@ -1,5 +1,5 @@
-"""Warm-replica leases: a long-lived process (the API's Serve replica) keeps the handles of the
-warm replicas the cluster's ResidentRegistry last gave it, so a request reaches its replica
+"""Warm-replica leases: a long-lived process (the API's Serve replica, the CLI's front door) keeps
+the handles of the warm replicas the cluster's ResidentRegistry last gave it, so a request reaches its replica
 without first asking the registry (one actor call that serves one caller at a time, plus a name
 lookup per replica).
 

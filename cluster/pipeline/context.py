@@ -39,7 +39,7 @@ class RunContext:
     # which way the request came: "direct" (the CLI as a Ray driver of its own), "front-door" (handed
     # to the warm cluster's long-lived process), "api"; said in run_started and the report
     path: str = "direct"
-    # a long-lived process's leases on the warm replicas (the API's): its runs skip the registry
+    # a long-lived process's leases on the warm replicas (the API's, the front door's): its runs skip the registry
     leases: WarmLeases | None = None
     # False: the folder is scratch its caller removes once answered (an API answer carried in its
     # body), so it is not fsynced; the journal still is

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from cluster import env
+from cluster.engine.leases import WarmLeases
 from cluster.entrypoints.batch import run_batch, summary_table
 from cluster.entrypoints.frontdoor.protocol import VERSION, Wire, peer_uid, private_dir, refusal, socket_path
 from cluster.entrypoints.inputs import BatchInputs, GenerateInputs, prepare_batch, prepare_generate
@@ -46,6 +47,7 @@ class FrontDoor:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._closing = False
+        self.leases = WarmLeases()  # the warm replicas' handles, shared by every client's run
 
     def start(self) -> FrontDoor:
         problem = private_dir(self.path.parent, create=True)
@@ -69,7 +71,8 @@ class FrontDoor:
         with self._lock:
             running = len(self._conversations)
         return {"socket": str(self.path), "pid": os.getpid(), "gcs_address": self.gcs_address,
-                "running": running, "served": self.served, "up_seconds": round(time.time() - self.started, 1)}
+                "running": running, "served": self.served, "up_seconds": round(time.time() - self.started, 1),
+                "leased": self.leases.keys()}
 
     def close(self, timeout_s: float = 20.0) -> int:
         """No new clients; runs in progress stop as on SIGTERM and get `timeout_s` to write. Returns
@@ -120,7 +123,7 @@ class FrontDoor:
             request = wire.receive()
             if request is None:
                 return  # the client went its own way before asking
-            conversation = Conversation(wire, request)
+            conversation = Conversation(wire, request, self.leases)
             with self._lock:
                 self._conversations.add(conversation)
                 self.served += 1
@@ -139,8 +142,9 @@ class FrontDoor:
 class Conversation:
     """One client's request: its run, its guard, and what goes back to the client."""
 
-    def __init__(self, wire: Wire, request: dict):
+    def __init__(self, wire: Wire, request: dict, leases: WarmLeases | None = None):
         self.wire = wire
+        self.leases = leases
         self.request = request
         self.op = request.get("op")
         deadline = BATCH_DEADLINE_S if self.op == "batch" else None
@@ -174,7 +178,7 @@ class Conversation:
     def _generate(self, inputs: GenerateInputs) -> None:
         request, registry, limits, history = prepare_generate(inputs)
         context = RunContext(registry, limits, events=Events(self._forward), stop=self.guard.stop, history=history,
-                             guard=self.guard, resident=True, path=PATH)
+                             guard=self.guard, resident=True, path=PATH, leases=self.leases)
         result = run_request(request, context)
         self._finish({"type": "done", "exit_code": 143 if self.guard.signal == signal.SIGTERM else result.exit_code,
                       "summary": summary_event(result, PATH), "lines": summary_lines(result),

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cluster.work import ImageTask

@@ -339,9 +339,9 @@ def test_malformed_requests_are_4xx_envelopes(server):
     status, _, payload = raw_http(server, post_head("/v1/images/generations", f"Content-Length: {len(surrogate)}\n"),
                                   surrogate)
     assert (status, envelope_code(payload)) == (400, "IMG_011")
-    status, _, payload = raw_http(server, f"GET /v1/images/generations HTTP/1.1\nHost: x\nConnection: close\n")
+    status, _, payload = raw_http(server, "GET /v1/images/generations HTTP/1.1\nHost: x\nConnection: close\n")
     assert (status, envelope_code(payload)) == (405, "IMG_011")
-    status, _, payload = raw_http(server, f"GET /v2/nothing HTTP/1.1\nHost: x\nConnection: close\n")
+    status, _, payload = raw_http(server, "GET /v2/nothing HTTP/1.1\nHost: x\nConnection: close\n")
     assert (status, envelope_code(payload)) == (404, "IMG_011")
 
 

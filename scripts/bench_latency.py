@@ -30,8 +30,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,26 +151,8 @@ def api_rounds(requests: int, concurrent: int) -> dict[str, list[tuple[float, di
     for n in range(3):
         one(-1 - n)  # warm: the replica's first calls, the server's imports
     results = {"sequential": [one(n) for n in range(requests)]}
-    samples: list = []
-    lock = threading.Lock()
-    counter = iter(range(requests * 2))
-
-    def worker() -> None:
-        while True:
-            with lock:
-                n = next(counter, None)
-            if n is None:
-                return
-            sample = one(1000 + n)
-            with lock:
-                samples.append(sample)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrent)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    results[f"{concurrent} concurrent"] = samples
+    with ThreadPoolExecutor(max_workers=concurrent) as clients:
+        results[f"{concurrent} concurrent"] = list(clients.map(one, range(1000, 1000 + requests * 2)))
     undeploy(deployment)
     return results
 

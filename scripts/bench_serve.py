@@ -14,8 +14,8 @@ import logging
 import socket
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,23 +59,9 @@ def main() -> int:
     one(-1)  # warm: the replica loaded, the first call's kernels
 
     def round_of(clients: int) -> float:
-        counter = iter(range(args.requests))
-        lock = threading.Lock()
-
-        def worker() -> None:
-            while True:
-                with lock:
-                    n = next(counter, None)
-                if n is None:
-                    return
-                one(n)
-
         started = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            list(pool.map(one, range(args.requests)))  # list: a failed request raises here
         return args.requests / (time.perf_counter() - started)
 
     sequential = round_of(1)

@@ -101,7 +101,7 @@ def test_bad_comparison_flag_is_img_015(registry, tmp_path, value):
     assert code_of(registry, tmp_path, enable_comparison=value) == "IMG_015"
 
 
-@pytest.mark.parametrize("folder", [None, "", "  ", "../out", "a/../../b", "/", ".", "bad\x01name"])
+@pytest.mark.parametrize("folder", [None, "", "  ", "../out", "a/../../b", "/", ".", "bad\x01name", "~no-such-user-0/out"])
 def test_bad_folders_are_img_016(registry, tmp_path, folder):
     assert code_of(registry, tmp_path, folder_name=folder) == "IMG_016"
 

@@ -156,7 +156,11 @@ def parse_folder(value: str | None, cwd: Path) -> Path:
     text = value.strip()
     if "\x00" in text or any(ord(c) < 32 for c in text):
         raise ImageGenError("IMG_016", "--folder-name holds control characters; use a plain path.")
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # `~name` of a user this machine does not have
+        raise ImageGenError("IMG_016", f"--folder-name {text!r} starts with ~ but names no user here; "
+                                       "give a path without ~user.") from None
     if ".." in path.parts:
         raise ImageGenError("IMG_016", f"--folder-name {text!r} contains '..'; give a path without parent references.")
     folder = Path(os.path.normpath(path if path.is_absolute() else cwd / path))
